@@ -1,0 +1,118 @@
+"""The configuration schema: every key a config may set, with its default.
+
+Each file in ``configs/`` starts from :func:`base_config` and changes values; the dict is locked,
+so a misspelt key fails where it is written. :func:`check_keys` checks any config (or a
+command-line override) against this schema and names the valid keys where one is unknown.
+"""
+
+from typing import Iterable
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Returns the schema with defaults: an unconditional DDPM on Fashion-MNIST."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = "fashion_mnist"  # see diffseg_jax.data.DATASETS
+  c.data.source_dir = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist
+  c.data.split = "train"
+  c.data.image_size = 28  # spatial size the model sees (square)
+  c.data.channels = 1
+  c.data.num_classes = 10
+  c.data.random_flip = False
+
+  c.model = ml_collections.ConfigDict()  # the ADM U-Net (diffseg_jax.nn.UNetModel)
+  c.model.model_channels = 64
+  c.model.channel_mult = (1, 2, 2)
+  c.model.num_res_blocks = 2
+  c.model.attention_resolutions = (7,)  # feature-map sizes (as guided-diffusion's flag)
+  c.model.dropout = 0.0
+  c.model.num_heads = 4
+  c.model.num_head_channels = -1
+  c.model.num_heads_upsample = -1
+  c.model.use_scale_shift_norm = True
+  c.model.resblock_updown = False
+  c.model.use_new_attention_order = False
+  c.model.conv_resample = True
+  c.model.class_cond = False
+  c.model.dtype = "float32"  # compute dtype: float32 or bfloat16 (params stay float32)
+
+  c.diffusion = ml_collections.ConfigDict()
+  c.diffusion.num_timesteps = 1000
+  c.diffusion.beta_schedule = "linear"  # linear | cosine | sqrt_linear
+  c.diffusion.model_mean_type = "eps"  # eps | x0 | v
+  c.diffusion.learn_sigma = False  # True: learned_range variance and the hybrid loss
+  c.diffusion.model_var_type = "fixed_small"  # used when learn_sigma is False
+  c.diffusion.rescale_learned_sigmas = True  # hybrid loss VLB scaled by T/1000 (ADM)
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.learning_rate = 1e-4
+  c.optim.warmup_steps = 0
+  c.optim.schedule = "constant"  # constant | cosine (decay to 0 at train.num_steps)
+  c.optim.weight_decay = 0.0
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.999
+  c.optim.eps = 1e-8
+  c.optim.grad_clip_norm = 1.0  # 0 disables clipping
+  c.optim.ema_rates = (0.9999,)
+
+  c.train = ml_collections.ConfigDict()
+  c.train.batch_size = 64  # global, over all devices and hosts
+  c.train.num_steps = 10_000
+  c.train.log_every = 100
+  c.train.checkpoint_every = 1000
+  c.train.keep_checkpoints = 3
+  c.train.sample_every = 0  # 0: only at the end
+  c.train.num_sample_images = 16
+
+  c.sample = ml_collections.ConfigDict()
+  c.sample.sampler = "ddim"  # ddim | ddpm
+  c.sample.steps = 50  # respaced steps (ddpm uses all num_timesteps when 0)
+  c.sample.eta = 0.0
+  c.sample.num_images = 64
+  c.sample.batch_size = 64
+  c.sample.clip_denoised = True
+  c.sample.ema_index = 0  # which of optim.ema_rates to sample with; -1: raw params
+  c.sample.class_label = -1  # class-conditional models: -1 cycles through the classes
+  c.lock()  # configs change values; a new (misspelt) key raises where it is written
+  return c
+
+
+def flatten(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, object]:
+  """``{"optim.learning_rate": 1e-4, ...}``: every leaf under its dotted key."""
+  flat = {}
+  for key, value in config.items():
+    path = f"{prefix}{key}"
+    if isinstance(value, ml_collections.ConfigDict):
+      flat.update(flatten(value, path + "."))
+    else:
+      flat[path] = value
+  return flat
+
+
+def check_keys(keys: Iterable[str], schema: ml_collections.ConfigDict | None = None) -> None:
+  """Raises ``ValueError`` for any dotted key (``"optim.learning_rate"``) not in the schema.
+
+  The message lists every unknown key and the valid keys of the section it names.
+  """
+  schema = base_config() if schema is None else schema
+  valid = set(flatten(schema))
+  sections = {k.rsplit(".", 1)[0] for k in valid if "." in k}
+  unknown = sorted(k for k in keys if k not in valid and k not in sections)
+  if not unknown:
+    return
+  lines = []
+  for key in unknown:
+    section = key.rsplit(".", 1)[0] if "." in key else ""
+    siblings = sorted(k for k in valid if section and k.startswith(section + "."))
+    siblings = siblings or sorted({k.split(".")[0] for k in valid})
+    lines.append(f"  {key!r}: valid keys here are {', '.join(siblings)}")
+  raise ValueError("Unknown config key(s):\n" + "\n".join(lines))
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Checks that a whole config uses only keys of the schema (see :func:`check_keys`)."""
+  check_keys(flatten(config))

@@ -1,0 +1,1 @@
+"""Training: the train state with EMA, the optimiser, the sharded step, checkpoints, the loop."""

@@ -1,0 +1,66 @@
+"""Runs two train steps of the tiny model and saves the parameters (a helper of test_train).
+
+  python tests/train_worker.py --out=OUT.npz [--devices=N] [--process_id=I --num_processes=P
+      --port=PORT]
+
+With ``--num_processes`` it joins a ``jax.distributed`` job on 127.0.0.1 (one CPU device per
+process, gloo collectives); each process feeds only its own slice of every batch.
+"""
+
+import argparse
+import pathlib
+import sys
+
+import jax
+import numpy as np
+from flax import traverse_util
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+import tiny_config  # noqa: E402
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser()
+  parser.add_argument("--out", required=True)
+  parser.add_argument("--devices", type=int, default=0, help="0: all devices")
+  parser.add_argument("--process_id", type=int, default=0)
+  parser.add_argument("--num_processes", type=int, default=1)
+  parser.add_argument("--port", type=int, default=0)
+  args = parser.parse_args()
+  if args.num_processes > 1:
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(f"127.0.0.1:{args.port}", num_processes=args.num_processes,
+                               process_id=args.process_id)
+
+  from diffseg_jax import data
+  from diffseg_jax.methods.generation import GenerationModel
+  from diffseg_jax.train import sharding
+  from diffseg_jax.train.optimizer import make_optimizer
+  from diffseg_jax.train.state import initial_state
+  from diffseg_jax.train.step import make_train_step
+
+  config = tiny_config.get_config()
+  devices = jax.devices()[:args.devices] if args.devices else jax.devices()
+  mesh = sharding.make_mesh(devices)
+  model = GenerationModel(config)
+  state = initial_state(config, model, mesh)
+  step = make_train_step(model.loss, make_optimizer(config.optim, config.train.num_steps),
+                         config.optim.ema_rates, mesh)
+  batches = data.train_batches(data.load_source(config.data),
+                               global_batch_size=config.train.batch_size, seed=0,
+                               process_index=jax.process_index(),
+                               process_count=jax.process_count())
+  key = jax.random.key(0)
+  for _ in range(2):
+    state, metrics = step(state, sharding.put_batch(next(batches), mesh), key)
+  local = jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), state.params)
+  flat = traverse_util.flatten_dict(local, sep="/")
+  flat["loss"] = np.asarray(metrics["loss"].addressable_data(0))
+  if jax.process_index() == 0:
+    np.savez(args.out, **flat)
+  print(f"process {jax.process_index()}: {mesh.size} devices in the mesh, "
+        f"loss {float(flat['loss']):.6f}")
+
+
+if __name__ == "__main__":
+  main()
