@@ -97,7 +97,7 @@ def bench_jax(name: str, ddpm_steps: int) -> dict:
     return losses["loss"].mean(), {}
 
   step = make_train_step(loss_fn, tx, (0.9999,), mesh)
-  state = TrainState.create(params, tx, 1)
+  state = TrainState.create(jax.tree.map(jnp.copy, params), tx, 1)  # donated by the step
   batch = sharding.put_batch(
       {"image": np.random.default_rng(0).uniform(-1, 1, (train_batch, *shape)).astype(
           np.float32)}, mesh)

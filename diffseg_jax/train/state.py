@@ -32,9 +32,13 @@ class TrainState:
   @classmethod
   def create(cls, params: Params, tx: optax.GradientTransformation,
              num_ema: int) -> "TrainState":
-    """A fresh state at step 0; every EMA starts from ``params``."""
+    """A fresh state at step 0; every EMA starts as a copy of ``params``.
+
+    The copies own their buffers, so the state can be donated to a jitted step.
+    """
     return cls(step=jnp.zeros((), jnp.int32), params=params,
-               ema_params=tuple(params for _ in range(num_ema)), opt_state=tx.init(params))
+               ema_params=tuple(jax.tree.map(jnp.copy, params) for _ in range(num_ema)),
+               opt_state=tx.init(params))
 
 
 def _state_fn(config, model, tx):
