@@ -6,8 +6,14 @@ import numpy as np
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
-  """float images in [-1, 1] -> uint8 0..255 (values outside the range are clipped)."""
-  return np.clip(np.round((np.asarray(images, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+  """float images in [-1, 1] -> uint8 0..255, as guided-diffusion's ``image_sample.py``.
+
+  ``((x + 1) * 127.5).clamp(0, 255).to(torch.uint8)`` in float32: values outside the range are
+  clipped and the rest truncated (0.0 -> 127, not rounded to 128), so that samples quantise to
+  the same pixels as the reference's for the ADM evaluator.
+  """
+  scaled = (np.asarray(images, np.float32) + np.float32(1.0)) * np.float32(127.5)
+  return np.clip(scaled, 0, 255).astype(np.uint8)
 
 
 def grid(images: np.ndarray, columns: int | None = None, pad: int = 2) -> np.ndarray:
