@@ -2,7 +2,8 @@
 
 Each file in ``configs/`` starts from :func:`base_config` and changes values; the dict is locked,
 so a misspelt key fails where it is written. :func:`check_keys` checks any config (or a
-command-line override) against this schema and names the valid keys where one is unknown.
+command-line override) against this schema and names the valid keys where one is unknown;
+:func:`validate` checks a whole config, its keys and its values, before a run starts.
 """
 
 from typing import Iterable
@@ -96,16 +97,21 @@ def flatten(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, ob
 def check_keys(keys: Iterable[str], schema: ml_collections.ConfigDict | None = None) -> None:
   """Raises ``ValueError`` for any dotted key (``"optim.learning_rate"``) not in the schema.
 
-  The message lists every unknown key and the valid keys of the section it names.
+  Only leaf keys are valid: a section (``"data"``) cannot be set to a value. The message lists
+  every unknown key and the valid keys of the section it names.
   """
   schema = base_config() if schema is None else schema
   valid = set(flatten(schema))
   sections = {k.rsplit(".", 1)[0] for k in valid if "." in k}
-  unknown = sorted(k for k in keys if k not in valid and k not in sections)
+  unknown = sorted(k for k in keys if k not in valid)
   if not unknown:
     return
   lines = []
   for key in unknown:
+    if key in sections:
+      children = sorted(k for k in valid if k.startswith(key + "."))
+      lines.append(f"  {key!r} is a section, not a value: set its keys, {', '.join(children)}")
+      continue
     section = key.rsplit(".", 1)[0] if "." in key else ""
     siblings = sorted(k for k in valid if section and k.startswith(section + "."))
     siblings = siblings or sorted({k.split(".")[0] for k in valid})
@@ -113,6 +119,66 @@ def check_keys(keys: Iterable[str], schema: ml_collections.ConfigDict | None = N
   raise ValueError("Unknown config key(s):\n" + "\n".join(lines))
 
 
+# Keys that must hold one of a few values, and keys that must be positive integers.
+_CHOICES = {
+    "model.dtype": ("float32", "bfloat16"),
+    "diffusion.model_var_type": ("fixed_small", "fixed_large", "learned_range", "learned"),
+    "sample.sampler": ("ddpm", "ddim"),
+}
+_POSITIVE = ("train.batch_size", "train.num_steps", "train.log_every", "train.checkpoint_every",
+             "train.keep_checkpoints", "train.num_sample_images", "sample.num_images",
+             "sample.batch_size")
+
+
+def _value_errors(config: ml_collections.ConfigDict) -> list[str]:
+  """One line per invalid value of a config whose keys are those of the schema."""
+  flat = flatten(config)
+  errors = [f"{key}={flat[key]!r} must be one of {', '.join(map(repr, allowed))}."
+            for key, allowed in _CHOICES.items() if flat[key] not in allowed]
+  errors += [f"{key}={flat[key]!r} must be a positive integer."
+             for key in _POSITIVE if not (isinstance(flat[key], int) and flat[key] > 0)]
+  if flat["train.sample_every"] < 0:
+    errors.append(f"train.sample_every={flat['train.sample_every']!r} must be >= 0 (0: sample "
+                  "only at the end).")
+  num_ema = len(flat["optim.ema_rates"])
+  if not -1 <= flat["sample.ema_index"] < num_ema:
+    errors.append(f"sample.ema_index={flat['sample.ema_index']!r} must be in -1..{num_ema - 1}: "
+                  f"-1 for the raw parameters or the index of one of optim.ema_rates="
+                  f"{tuple(flat['optim.ema_rates'])}.")
+  num_classes = flat["data.num_classes"]
+  if not -1 <= flat["sample.class_label"] < num_classes:
+    errors.append(f"sample.class_label={flat['sample.class_label']!r} must be in "
+                  f"-1..{num_classes - 1} (data.num_classes={num_classes}; -1 cycles through "
+                  "the classes).")
+  if not 0.0 <= flat["sample.eta"] <= 1.0:
+    errors.append(f"sample.eta={flat['sample.eta']!r} must be in [0, 1] (0: deterministic DDIM, "
+                  "1: DDPM-like noise; DDIM's sigma formula is not defined beyond).")
+  var_type, default_var_type = flat["diffusion.model_var_type"], "fixed_small"
+  if flat["diffusion.learn_sigma"] and var_type != default_var_type:
+    errors.append(f"diffusion.model_var_type={var_type!r} is not used with "
+                  "diffusion.learn_sigma=True (the variance is then learned, 'learned_range'): "
+                  f"leave model_var_type at {default_var_type!r}, or set learn_sigma=False "
+                  "for a fixed variance.")
+  if not flat["diffusion.learn_sigma"] and var_type in ("learned", "learned_range"):
+    errors.append(f"diffusion.model_var_type={var_type!r} needs a model that outputs its "
+                  "variance: set diffusion.learn_sigma=True (and leave model_var_type at "
+                  f"{default_var_type!r}) instead.")
+  return errors
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
-  """Checks that a whole config uses only keys of the schema (see :func:`check_keys`)."""
-  check_keys(flatten(config))
+  """Checks a whole config: only keys of the schema (see :func:`check_keys`), valid values.
+
+  Raises:
+    ValueError: unknown or missing keys (with the valid ones), or invalid values, one line each
+      naming the key, its value and what is allowed.
+  """
+  keys = flatten(config)
+  check_keys(keys)
+  missing = sorted(set(flatten(base_config())) - set(keys))
+  if missing:
+    raise ValueError(f"Missing config key(s): {', '.join(missing)}. Build configs from "
+                     "diffseg_jax.config.base_config(), which sets every key.")
+  errors = _value_errors(config)
+  if errors:
+    raise ValueError("Invalid config value(s):\n  " + "\n  ".join(errors))
