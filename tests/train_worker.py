@@ -1,10 +1,14 @@
-"""Runs two train steps of the tiny model and saves the parameters (a helper of test_train).
+"""Runs two train steps of the tiny model, then samples from it (a helper of test_train).
 
   python tests/train_worker.py --out=OUT.npz [--devices=N] [--process_id=I --num_processes=P
       --port=PORT]
 
 With ``--num_processes`` it joins a ``jax.distributed`` job on 127.0.0.1 (one CPU device per
 process, gloo collectives); each process feeds only its own slice of every batch.
+
+Every process saves what it holds: the parameters (one array per "/"-joined path), the last
+loss and ``samples``, the float32 images the ``ImageSampler`` returned to it. Process 0 writes
+OUT.npz, process ``i > 0`` writes OUT.process<i>.npz.
 """
 
 import argparse
@@ -33,6 +37,7 @@ def main() -> None:
                                process_id=args.process_id)
 
   from diffseg_jax import data
+  from diffseg_jax.generate import ImageSampler
   from diffseg_jax.methods.generation import GenerationModel
   from diffseg_jax.train import sharding
   from diffseg_jax.train.optimizer import make_optimizer
@@ -56,8 +61,13 @@ def main() -> None:
   local = jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), state.params)
   flat = traverse_util.flatten_dict(local, sep="/")
   flat["loss"] = np.asarray(metrics["loss"].addressable_data(0))
-  if jax.process_index() == 0:
-    np.savez(args.out, **flat)
+  s = config.sample
+  flat["samples"], _ = ImageSampler(model, s, mesh).sample(state.params, jax.random.key(1),
+                                                           s.num_images, s.batch_size)
+  out = pathlib.Path(args.out)
+  if jax.process_index():
+    out = out.with_suffix(f".process{jax.process_index()}{out.suffix}")
+  np.savez(out, **flat)
   print(f"process {jax.process_index()}: {mesh.size} devices in the mesh, "
         f"loss {float(flat['loss']):.6f}")
 

@@ -68,6 +68,16 @@ def make_diffusion(config: ml_collections.ConfigDict,
       use_timesteps=use_timesteps)
 
 
+def _ddim_respacing(num_timesteps: int, steps: int) -> str:
+  """DDIM's "ddimN" respacing, or section-count respacing "N" when no integer stride gives
+  exactly N of ``num_timesteps`` steps (e.g. 300 of 1000)."""
+  try:
+    diffusion.space_timesteps(num_timesteps, f"ddim{steps}")
+  except ValueError:
+    return str(steps)
+  return f"ddim{steps}"
+
+
 class GenerationModel:
   """The U-Net and the diffusion of a config, with the loss and the samplers over them."""
 
@@ -119,23 +129,30 @@ class GenerationModel:
 
     Args:
       sampler: "ddpm" (ancestral, Ho et al. 2020) or "ddim" (Song et al. 2020).
-      steps: number of (evenly respaced) steps; 0 means every step of the schedule.
+      steps: number of (evenly respaced) steps; 0 means every step of the schedule. DDIM uses
+        the reference's fixed integer stride ("ddimN") where one gives exactly ``steps``
+        steps, else the near-even spacing of section counts (as DDPM).
       eta: DDIM's noise scale (0 deterministic, 1 DDPM-like); ignored by "ddpm".
       clip_denoised: clip the predicted x0 to [-1, 1] at every step.
 
     The returned function is not jitted: callers jit it with their shardings.
     """
     total = self.config.diffusion.num_timesteps
+    if sampler not in ("ddpm", "ddim"):
+      raise ValueError(f"Unknown sampler {sampler!r}; valid: ddpm, ddim.")
     if steps < 0 or steps > total:
       raise ValueError(f"sample.steps={steps} must be in 1..{total} (0 for all {total}).")
-    respacing = "" if steps in (0, total) else (f"ddim{steps}" if sampler == "ddim" else str(steps))
+    if steps in (0, total):
+      respacing = ""
+    elif sampler == "ddim":
+      respacing = _ddim_respacing(total, steps)
+    else:
+      respacing = str(steps)
     gd = make_diffusion(self.config, respacing)
     if sampler == "ddpm":
       run = functools.partial(diffusion.ddpm_sample, gd, self.model_fn)
-    elif sampler == "ddim":
-      run = functools.partial(diffusion.ddim_sample, gd, self.model_fn, eta=eta)
     else:
-      raise ValueError(f"Unknown sampler {sampler!r}; valid: ddpm, ddim.")
+      run = functools.partial(diffusion.ddim_sample, gd, self.model_fn, eta=eta)
 
     def sample(params: Params, key: jax.Array, noise: jax.Array,
                labels: jax.Array | None) -> jax.Array:

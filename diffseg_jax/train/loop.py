@@ -1,9 +1,11 @@
 """The training loop: ``train_and_evaluate(config, workdir)``.
 
-Resumes from the newest checkpoint in ``workdir``, logs to TensorBoard and the console
+Resumes from the newest checkpoint in ``workdir`` (if ``<workdir>/config.json``, written by the
+first run, agrees on the model, diffusion and data shape), logs to TensorBoard and the console
 (steps/s and ETA), checkpoints every ``train.checkpoint_every`` steps, writes a grid of samples
-(PNG and TensorBoard) every ``train.sample_every`` steps and at the end, and stops at the first
-non-finite loss without writing a checkpoint of the bad state.
+(PNG and TensorBoard; the ``sample.*`` settings and weights) every ``train.sample_every`` steps
+and at the end, and stops at the first non-finite loss without writing a checkpoint of the bad
+state.
 """
 
 import pathlib
@@ -20,9 +22,11 @@ from diffseg_jax import data
 from diffseg_jax import files
 from diffseg_jax import images as image_io
 from diffseg_jax.generate import ImageSampler
+from diffseg_jax.generate import sampling_params
 from diffseg_jax.methods.generation import GenerationModel
 from diffseg_jax.train import sharding
 from diffseg_jax.train.checkpointing import Checkpointer
+from diffseg_jax.train.checkpointing import write_run_config
 from diffseg_jax.train.optimizer import make_optimizer
 from diffseg_jax.train.state import TrainState
 from diffseg_jax.train.state import initial_state
@@ -74,12 +78,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   checkpointer = Checkpointer(workdir, t.keep_checkpoints)
   if checkpointer.latest_step() is None:
     state = initial_state(config, model, mesh)
-  else:
+  else:  # refused if config.json or the parameter shapes say it is another model
     state = restore_state(config, model, str(workdir), mesh)
     logging.info("Resumed from the step-%d checkpoint in %s.", int(state.step), workdir)
   start = int(state.step)
-  if jax.process_index() == 0:  # the config of each run, kept beside its checkpoints
-    files.write_json(workdir / "config.json", config.to_dict())
+  write_run_config(config, workdir, start)
 
   source = data.load_source(config.data)
   batches = data.train_batches(
@@ -102,7 +105,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                config.data.name, t.num_steps, mesh.size, t.batch_size)
 
   def write_samples(step: int) -> None:
-    params = state.ema_params[0] if state.ema_params else state.params
+    params = sampling_params(state, config.sample.ema_index)
     images, _ = sampler(params, sample_key, t.num_sample_images, t.num_sample_images)
     grid = image_io.grid(images)
     if jax.process_index() == 0:

@@ -9,6 +9,7 @@ import optax
 
 from diffseg_jax.train import sharding
 from diffseg_jax.train.checkpointing import Checkpointer
+from diffseg_jax.train.checkpointing import check_run_config
 from diffseg_jax.train.optimizer import make_optimizer
 
 Params = Any
@@ -54,20 +55,60 @@ def initial_state(config, model, mesh) -> TrainState:
                  out_shardings=sharding.replicated(mesh))(init_key)
 
 
+def _abstract_replicated(tree, mesh):
+  """``jax.ShapeDtypeStruct`` leaves of ``tree``, replicated over ``mesh``."""
+  replicated = sharding.replicated(mesh)
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+                      tree)
+
+
 def restore_state(config, model, workdir: str, mesh) -> TrainState:
   """The newest checkpointed state in ``workdir``, replicated over ``mesh``.
 
   Raises:
     FileNotFoundError: no checkpoint yet.
-    ValueError: the checkpoint is of another model (the differences are listed).
+    ValueError: the checkpoint is of another model: its parameter shapes differ, or the run's
+      ``config.json`` differs from ``config`` in model, diffusion or data shape (the
+      differences are listed).
   """
+  check_run_config(config, workdir)
   tx = make_optimizer(config.optim, config.train.num_steps)
-  abstract = jax.eval_shape(_state_fn(config, model, tx), jax.random.key(0))
-  replicated = sharding.replicated(mesh)
-  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-                        abstract)
+  target = _abstract_replicated(jax.eval_shape(_state_fn(config, model, tx), jax.random.key(0)),
+                                mesh)
   checkpointer = Checkpointer(workdir, config.train.keep_checkpoints)
   try:
     return checkpointer.restore(target)
+  finally:
+    checkpointer.close()
+
+
+def restore_sampling_params(config, model, workdir: str, mesh) -> tuple[int, Params]:
+  """The step of the newest checkpoint in ``workdir`` and the parameters to sample with.
+
+  Reads only the step and the parameters ``config.sample.ema_index`` selects (the raw
+  parameters for -1, else that EMA), replicated over ``mesh``; the optimiser state is not read,
+  so the optimiser config need not match the one the run was trained with.
+
+  Raises:
+    FileNotFoundError: no checkpoint yet.
+    ValueError: the checkpoint is of another model (as for :func:`restore_state`), or has no
+      EMA number ``sample.ema_index``.
+  """
+  check_run_config(config, workdir)
+  params = _abstract_replicated(jax.eval_shape(model.init, jax.random.key(0)), mesh)
+  step = jax.ShapeDtypeStruct((), jnp.int32, sharding=sharding.replicated(mesh))
+  checkpointer = Checkpointer(workdir, config.train.keep_checkpoints)
+  try:
+    index = config.sample.ema_index
+    if index < 0:
+      restored = checkpointer.restore_entries({"step": step, "params": params})
+      return int(restored["step"]), restored["params"]
+    num_ema = len(checkpointer.saved_structure()["ema_params"])
+    if index >= num_ema:
+      raise ValueError(
+          f"sample.ema_index={index}, but the checkpoint in {checkpointer.directory} holds "
+          f"{num_ema} EMA(s); use 0..{num_ema - 1}, or -1 for the raw parameters.")
+    restored = checkpointer.restore_entries({"step": step, "ema_params": (params,) * num_ema})
+    return int(restored["step"]), restored["ema_params"][index]
   finally:
     checkpointer.close()
