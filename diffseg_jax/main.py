@@ -5,8 +5,9 @@ r"""Command-line entrypoint.
 
 ``train`` trains (resuming from the newest checkpoint in the workdir) and writes sample grids;
 ``sample`` draws ``sample.num_images`` images from the newest checkpoint into
-``<workdir>/samples`` as a PNG grid and an npz in the ADM evaluator's format. On several hosts,
-pass ``--distributed`` to call ``jax.distributed.initialize()`` first.
+``<workdir>/samples/step<N>_<sampler><steps>[_eta<eta>]_<weights>/`` as a PNG grid and an npz
+in the ADM evaluator's format. On several hosts, pass ``--distributed`` to call
+``jax.distributed.initialize()`` first.
 """
 
 import logging as std_logging
@@ -41,7 +42,8 @@ class _QuietLibraries:
         part in record.pathname for part in self._NOISY)
 
 
-def main(argv):
+def main(argv: list[str]) -> None:
+  """Runs ``--mode`` (train or sample) on ``--config`` in ``--workdir``; see the module doc."""
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   logging.get_absl_handler().addFilter(_QuietLibraries())

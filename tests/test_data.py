@@ -5,6 +5,7 @@ import os
 import pathlib
 import shutil
 import struct
+import zipfile
 
 import numpy as np
 import pytest
@@ -45,8 +46,9 @@ def test_missing_files_error_says_which_and_where(tmp_path):
   assert "dataset-fashion-mnist" in str(e.value)
 
 
-@pytest.mark.skipif(not os.path.exists(os.path.join(FASHION_MNIST_DIR, "t10k-labels-idx1-ubyte.gz")),
-                    reason="Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
+@pytest.mark.skipif(
+    not os.path.exists(os.path.join(FASHION_MNIST_DIR, "t10k-labels-idx1-ubyte.gz")),
+    reason="Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
 def test_fashion_mnist_from_debian_files():
   images, labels = mnist_like.load("fashion_mnist", FASHION_MNIST_DIR, "test")
   assert images.shape == (10_000, 28, 28, 1) and images.dtype == np.uint8
@@ -109,6 +111,19 @@ def test_resize_area_average_of_constant_blocks():
   np.testing.assert_array_equal(out[0, :, :, 0], [[10, 200], [90, 30]])
 
 
+@pytest.mark.parametrize("size", [32, 20])  # enlarging (bilinear), shrinking (box)
+def test_resize_by_a_non_integer_factor_keeps_constants_and_gradients(size):
+  constant = np.full((2, 28, 28, 3), 77, np.uint8)
+  out = input_pipeline.resize_images(constant, size)
+  assert out.shape == (2, size, size, 3) and out.dtype == np.uint8
+  assert (out == 77).all()
+  ramp = np.broadcast_to(np.linspace(0, 255, 28).astype(np.uint8)[None, None, :, None],
+                         (1, 28, 28, 1))
+  out = input_pipeline.resize_images(ramp, size)[0, ..., 0]
+  assert (out == out[:1]).all()  # still constant down each column
+  assert (np.diff(out[0].astype(int)) >= 0).all() and out[0, -1] - out[0, 0] > 200
+
+
 def _tiny_imagenet_layout(root: pathlib.Path) -> dict[str, np.ndarray]:
   """Writes a two-class Tiny ImageNet in the distributed layout; returns image by path."""
   rng = np.random.default_rng(0)
@@ -132,12 +147,21 @@ def _tiny_imagenet_layout(root: pathlib.Path) -> dict[str, np.ndarray]:
   return written
 
 
-def test_tiny_imagenet_from_folder_and_zip_agree(tmp_path):
+def test_tiny_imagenet_from_folder_and_zip_agree(tmp_path, monkeypatch):
   from diffseg_jax.data import tiny_imagenet
   written = _tiny_imagenet_layout(tmp_path / "unpacked")
   shutil.make_archive(str(tmp_path / "tiny-imagenet-200"), "zip", tmp_path / "unpacked")
   images, labels = tiny_imagenet.load(str(tmp_path / "unpacked"), "train")
+  opened = []
+
+  class RecordedZipFile(zipfile.ZipFile):
+    def __init__(self, *args, **kwargs):
+      super().__init__(*args, **kwargs)
+      opened.append(self)
+
+  monkeypatch.setattr(zipfile, "ZipFile", RecordedZipFile)
   zipped, zip_labels = tiny_imagenet.load(str(tmp_path / "tiny-imagenet-200.zip"), "train")
+  assert len(opened) == 1 and opened[0].fp is None  # the zip file was closed
   np.testing.assert_array_equal(images, zipped)
   np.testing.assert_array_equal(labels, [1, 1, 0, 0])  # n01 sorts first, is class 1
   np.testing.assert_array_equal(labels, zip_labels)

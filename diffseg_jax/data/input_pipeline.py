@@ -8,9 +8,9 @@ batches an uninterrupted run would have seen, on any number of hosts.
 import dataclasses
 from typing import Iterator
 
-import jax
 import ml_collections
 import numpy as np
+from PIL import Image
 
 from diffseg_jax.data import mnist_like
 from diffseg_jax.data import synthetic
@@ -35,11 +35,18 @@ class ArraySource:
     return self.images.shape[0]
 
 
-def resize_images(images: np.ndarray, size: int) -> np.ndarray:
-  """Resizes uint8 [N, H, W, C] images to [N, size, size, C].
+def _resize_one(image: np.ndarray, size: int, resample: Image.Resampling) -> np.ndarray:
+  """float32 [H, W, C] -> float32 [size, size, C], each channel resized by PIL in float."""
+  return np.stack([np.asarray(Image.fromarray(image[..., c]).resize((size, size), resample))
+                   for c in range(image.shape[-1])], axis=-1)
 
-  Shrinking by a whole factor averages each block of pixels (area); any other size uses
-  antialiased bilinear interpolation.
+
+def resize_images(images: np.ndarray, size: int) -> np.ndarray:
+  """Resizes uint8 [N, H, W, C] images to uint8 [N, size, size, C], on the host.
+
+  Shrinking by a whole factor averages each block of pixels (area). Any other shrinking also
+  averages areas (PIL's box filter, pixels weighted by the fraction they cover); enlarging
+  interpolates bilinearly. Results are rounded to the nearest integer.
   """
   n, h, w, c = images.shape
   if (h, w) == (size, size):
@@ -48,8 +55,8 @@ def resize_images(images: np.ndarray, size: int) -> np.ndarray:
     blocks = images.reshape(n, size, h // size, size, w // size, c).astype(np.float32)
     out = blocks.mean(axis=(2, 4))
   else:
-    out = np.asarray(jax.image.resize(images.astype(np.float32), (n, size, size, c),
-                                      method="linear", antialias=True))
+    resample = Image.Resampling.BOX if size < min(h, w) else Image.Resampling.BILINEAR
+    out = np.stack([_resize_one(image, size, resample) for image in images.astype(np.float32)])
   return np.clip(np.round(out), 0, 255).astype(np.uint8)
 
 
@@ -104,7 +111,7 @@ def train_batches(source: ArraySource, *, global_batch_size: int, seed: int,
 
   def order(epoch: int) -> np.ndarray:
     if epoch not in perms:
-      if len(perms) >= 2:  # a batch spans at most two epochs
+      if len(perms) >= 2:  # a batch usually spans at most two epochs
         del perms[min(perms)]
       perms[epoch] = np.random.default_rng([seed, epoch]).permutation(n)
     return perms[epoch]
@@ -113,7 +120,10 @@ def train_batches(source: ArraySource, *, global_batch_size: int, seed: int,
   while True:
     positions = np.arange(step * global_batch_size + lo, step * global_batch_size + lo + local)
     epochs, offsets = np.divmod(positions, n)
-    indices = np.array([order(int(e))[o] for e, o in zip(epochs, offsets)])
+    indices = np.empty(local, np.int64)
+    for epoch in np.unique(epochs):  # one or two epochs (more if the batch exceeds the data)
+      in_epoch = epochs == epoch
+      indices[in_epoch] = order(int(epoch))[offsets[in_epoch]]
     images = source.images[indices]
     if random_flip:
       flip = np.random.default_rng([seed, step, process_index, 1]).random(local) < 0.5

@@ -21,7 +21,10 @@ WHERE_TO_GET = "download http://cs231n.stanford.edu/tiny-imagenet-200.zip"
 
 
 class _Archive:
-  """Uniform read access to the zip or to the unpacked folder, by path below the root."""
+  """Uniform read access to the zip or to the unpacked folder, by path below the root.
+
+  A context manager: leaving it closes the zip file.
+  """
 
   def __init__(self, source: pathlib.Path):
     self._zip = None
@@ -36,6 +39,13 @@ class _Archive:
     else:
       self._root = source
     self.source = source
+
+  def __enter__(self) -> "_Archive":
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    if self._zip is not None:
+      self._zip.close()
 
   def exists(self, name: str) -> bool:
     if self._zip is not None:
@@ -74,25 +84,25 @@ def load(source: str, split: str) -> tuple[np.ndarray, np.ndarray]:
   Returns:
     images: uint8 [N, 64, 64, 3]; labels: int32 [N] in 0..199, in the order of wnids.txt.
   """
-  path = pathlib.Path(source)
-  archive = _Archive(path) if path.exists() else None
-  if archive is None or not archive.exists("wnids.txt"):
-    raise FileNotFoundError(
-        f"tiny_imagenet: no tiny-imagenet-200.zip or unpacked tiny-imagenet-200/wnids.txt at "
-        f"{path} (config field data.source_dir). To get it, {WHERE_TO_GET}.")
-  wnids = archive.read("wnids.txt").decode().split()
-  index = {w: i for i, w in enumerate(wnids)}
-  if split == "train":
-    names = archive.list("train/", ".JPEG")
-    labels = [index[n.split("/")[1]] for n in names]
-  elif split == "validation":
-    rows = [line.split("\t") for line in archive.read("val/val_annotations.txt").decode()
-            .splitlines() if line.strip()]
-    names = [f"val/images/{r[0]}" for r in rows]
-    labels = [index[r[1]] for r in rows]
-  else:
+  if split not in ("train", "validation"):
     raise ValueError(f"Unknown split {split!r} for tiny_imagenet; valid: train, validation.")
-  if not names:
-    raise FileNotFoundError(f"tiny_imagenet: no {split} images found in {path}.")
-  images = np.stack([_decode(archive, n) for n in names])
+  path = pathlib.Path(source)
+  with _Archive(path) as archive:
+    if not archive.exists("wnids.txt"):
+      raise FileNotFoundError(
+          f"tiny_imagenet: no tiny-imagenet-200.zip or unpacked tiny-imagenet-200/wnids.txt at "
+          f"{path} (config field data.source_dir). To get it, {WHERE_TO_GET}.")
+    wnids = archive.read("wnids.txt").decode().split()
+    index = {w: i for i, w in enumerate(wnids)}
+    if split == "train":
+      names = archive.list("train/", ".JPEG")
+      labels = [index[n.split("/")[1]] for n in names]
+    else:
+      rows = [line.split("\t") for line in archive.read("val/val_annotations.txt").decode()
+              .splitlines() if line.strip()]
+      names = [f"val/images/{r[0]}" for r in rows]
+      labels = [index[r[1]] for r in rows]
+    if not names:
+      raise FileNotFoundError(f"tiny_imagenet: no {split} images found in {path}.")
+    images = np.stack([_decode(archive, n) for n in names])
   return images, np.asarray(labels, np.int32)

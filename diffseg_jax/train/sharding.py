@@ -21,6 +21,7 @@ def make_mesh(devices=None) -> Mesh:
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
+  """A whole copy on every device of ``mesh`` (parameters, optimiser state, keys)."""
   return NamedSharding(mesh, P())
 
 
@@ -30,6 +31,7 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
 
 
 def check_batch_size(global_batch_size: int, mesh: Mesh) -> None:
+  """Raises ``ValueError`` unless the global batch splits evenly over ``mesh``'s devices."""
   if global_batch_size % mesh.size:
     raise ValueError(
         f"The global batch size {global_batch_size} must be divisible by the number of devices "
