@@ -66,7 +66,7 @@ class ImageSampler:
 
   def sample(self, params, key: jax.Array, num: int,
              batch_size: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """Returns ``num`` images as float32 [num, H, W, C] in [-1, 1] and int32 [num] labels
+    """Returns ``num`` images as float32 [num, H, W, C] (about [-1, 1]) and int32 [num] labels
     (None for an unconditional model), identical on every process.
 
     Sampling runs in batches of ``batch_size`` (rounded up to a multiple of the device count);
