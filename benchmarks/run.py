@@ -24,6 +24,7 @@ import numpy as np
 import optax
 
 from diffseg_jax import diffusion
+from diffseg_jax import platform
 from diffseg_jax import nn
 from diffseg_jax.train import sharding
 from diffseg_jax.train.state import TrainState
@@ -199,6 +200,7 @@ def bench_torch(name: str, ddpm_steps: int) -> dict:
 
 
 def main():
+  platform.configure_xla_cpu()
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--models", default="quickstart,adm6m")
   parser.add_argument("--ddpm_steps", type=int, default=1000)

@@ -20,6 +20,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from diffseg_jax import config as config_lib
+from diffseg_jax import platform
 from diffseg_jax.generate import sample_and_save
 from diffseg_jax.train.loop import train_and_evaluate
 
@@ -68,5 +69,6 @@ def check_overrides(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+  platform.configure_xla_cpu()
   check_overrides(sys.argv)
   app.run(main)

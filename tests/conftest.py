@@ -52,3 +52,6 @@ def pytest_configure(config):
   # Test helpers (tiny_config, train_worker) are imported as top-level modules.
   import sys
   sys.path.insert(0, str(pathlib.Path(__file__).parent))
+  # The XLA settings the command line uses (before any JAX computation).
+  from diffseg_jax import platform
+  platform.configure_xla_cpu()

@@ -6,6 +6,7 @@ compute dtype. Normalisation statistics and attention softmaxes are always compu
 float32, whatever the compute dtype.
 """
 
+import functools
 import math
 from typing import Any
 
@@ -41,6 +42,81 @@ def timestep_embedding(
   return embedding
 
 
+# In the backward pass, sums over every position of a [..., C] tensor, per channel, are
+# written as matrix products with a vector of ones. Autodiff would emit them as column
+# reductions fused with their producers, which XLA:CPU runs 10-50x slower than the
+# equivalent GEMV: in the ADM U-Net's backward pass they took a third of the time
+# (benchmarks/README.md). HIGHEST precision keeps them float32 sums on TPU and GPU.
+_HIGHEST = jax.lax.Precision.HIGHEST
+
+
+def channel_sum(x: jax.Array) -> jax.Array:
+  """Sums ``[..., C]`` over all axes but the last: returns ``[C]``."""
+  rows = x.reshape(1, -1, x.shape[-1])
+  return jnp.matmul(jnp.ones((1, 1, rows.shape[1]), x.dtype), rows, precision=_HIGHEST)[0, 0]
+
+
+def _position_sum(x: jax.Array) -> jax.Array:
+  """Sums ``[N, P, C]`` over positions P for each sample: returns ``[N, C]``."""
+  ones = jnp.ones((x.shape[0], 1, x.shape[1]), x.dtype)
+  return jnp.matmul(ones, x, precision=_HIGHEST)[:, 0]
+
+
+@jax.custom_vjp
+def bias_add(x: jax.Array, bias: jax.Array) -> jax.Array:
+  """``x + bias`` over the last axis, whose bias gradient is a GEMV (see ``channel_sum``)."""
+  return x + bias
+
+
+bias_add.defvjp(lambda x, bias: (x + bias, None), lambda _, g: (g, channel_sum(g)))
+
+
+def _group_mean(sums: jax.Array, num_groups: int, count: int) -> jax.Array:
+  """Per-channel sums ``[N, C]`` -> each channel's group mean, ``[N, 1, C]``."""
+  n, c = sums.shape
+  means = sums.reshape(n, num_groups, c // num_groups).sum(-1, keepdims=True) / count
+  return jnp.broadcast_to(means, (n, num_groups, c // num_groups)).reshape(n, 1, c)
+
+
+def _group_norm_fwd(x, scale, bias, num_groups, epsilon):
+  n, p, c = x.shape
+  grouped = x.reshape(n, p, num_groups, c // num_groups)
+  mean = grouped.mean(axis=(1, 3), keepdims=True)
+  centered = grouped - mean
+  rstd = jax.lax.rsqrt(jnp.square(centered).mean(axis=(1, 3), keepdims=True) + epsilon)
+  out = (centered * rstd).reshape(x.shape) * scale + bias
+  broadcast = lambda stat: jnp.broadcast_to(stat, (n, 1, num_groups, c // num_groups)).reshape(
+      n, 1, c)
+  return out, (x, broadcast(mean), broadcast(rstd), scale)
+
+
+def _group_norm_bwd(num_groups, epsilon, residuals, dy):
+  del epsilon  # rstd already holds it
+  x, mean, rstd, scale = residuals
+  count = x.shape[1] * (x.shape[2] // num_groups)
+  normed = (x - mean) * rstd
+  dy_sum, dy_normed_sum = _position_sum(dy), _position_sum(dy * normed)  # [N, C] each
+  # d/dx of (x - mu) * rstd over a group: rstd * (g - mean(g) - normed * mean(g * normed)),
+  # with g = dy * scale the gradient of the normalised values.
+  dx = rstd * (dy * scale - _group_mean(dy_sum * scale, num_groups, count)
+               - normed * _group_mean(dy_normed_sum * scale, num_groups, count))
+  return dx, dy_normed_sum.sum(0), dy_sum.sum(0)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def group_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, num_groups: int,
+               epsilon: float) -> jax.Array:
+  """GroupNorm of float32 ``[N, P, C]`` (P positions) with a per-channel affine ``[C]``.
+
+  Channel ``c`` belongs to group ``c // (C / num_groups)``; statistics are over the positions
+  and channels of each sample's group, the variance is biased (as ``torch.nn.GroupNorm``).
+  """
+  return _group_norm_fwd(x, scale, bias, num_groups, epsilon)[0]
+
+
+group_norm.defvjp(_group_norm_fwd, _group_norm_bwd)
+
+
 class GroupNorm32(nn.Module):
   """GroupNorm over the last (channel) axis, computed in float32.
 
@@ -66,70 +142,84 @@ class GroupNorm32(nn.Module):
       )
     scale = self.param("scale", nn.initializers.ones, (channels,), jnp.float32)
     bias = self.param("bias", nn.initializers.zeros, (channels,), jnp.float32)
-    grouped = x.astype(jnp.float32).reshape(
-        x.shape[0], -1, self.num_groups, channels // self.num_groups
-    )
-    mean = grouped.mean(axis=(1, 3), keepdims=True)
-    centered = grouped - mean
-    var = jnp.square(centered).mean(axis=(1, 3), keepdims=True)
-    normed = (centered * jax.lax.rsqrt(var + self.epsilon)).reshape(x.shape)
-    return (normed * scale + bias).astype(x.dtype)
+    flat = x.astype(jnp.float32).reshape(x.shape[0], -1, channels)
+    out = group_norm(flat, scale, bias, self.num_groups, self.epsilon)
+    return out.reshape(x.shape).astype(x.dtype)
 
 
 def _kernel_init(zero_init: bool) -> nn.initializers.Initializer:
   return nn.initializers.zeros if zero_init else nn.initializers.lecun_normal()
 
 
-def conv(
-    features: int,
-    kernel_size: int,
-    *,
-    stride: int = 1,
-    zero_init: bool = False,
-    dtype: Dtype = jnp.float32,
-    name: str | None = None,
-) -> nn.Conv:
+class Conv(nn.Module):
   """A square NHWC convolution with torch-style symmetric padding ``kernel_size // 2``.
 
-  Args:
+  Parameters as ``flax.linen.Conv``'s: ``kernel`` [k, k, C_in, features] and ``bias``
+  [features], float32; the bias gradient is a GEMV (see ``bias_add``).
+
+  Attributes:
     features: output channels.
     kernel_size: odd kernel size (1 or 3 in the ADM networks).
     stride: spatial stride.
     zero_init: initialise the kernel to zeros (the reference's ``zero_module`` layers).
-    dtype: compute dtype; the parameters are float32.
-    name: submodule name.
-
-  Returns:
-    An ``nn.Conv`` mapping ``[B, H, W, C_in]`` to ``[B, H / stride, W / stride, features]``.
+    dtype: compute dtype.
   """
-  pad = kernel_size // 2
-  return nn.Conv(
-      features,
-      (kernel_size, kernel_size),
-      strides=(stride, stride),
-      padding=((pad, pad), (pad, pad)),
-      kernel_init=_kernel_init(zero_init),
-      dtype=dtype,
-      param_dtype=jnp.float32,
-      name=name,
-  )
+
+  features: int
+  kernel_size: int
+  stride: int = 1
+  zero_init: bool = False
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """``[B, H, W, C_in]`` -> ``[B, H / stride, W / stride, features]``."""
+    k, pad = self.kernel_size, self.kernel_size // 2
+    kernel = self.param("kernel", _kernel_init(self.zero_init),
+                        (k, k, x.shape[-1], self.features), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+    y = jax.lax.conv_general_dilated(
+        x.astype(self.dtype), kernel.astype(self.dtype), (self.stride, self.stride),
+        ((pad, pad), (pad, pad)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return bias_add(y, bias.astype(self.dtype))
 
 
-def dense(
-    features: int,
-    *,
-    zero_init: bool = False,
-    dtype: Dtype = jnp.float32,
-    name: str | None = None,
-) -> nn.Dense:
-  """A float32-parameter ``nn.Dense`` (also used for the reference's 1x1 Conv1d layers)."""
-  return nn.Dense(
-      features,
-      kernel_init=_kernel_init(zero_init),
-      dtype=dtype,
-      param_dtype=jnp.float32,
-      name=name,
-  )
+class Dense(nn.Module):
+  """A linear layer over the last axis (also the reference's 1x1 Conv1d layers).
+
+  Parameters as ``flax.linen.Dense``'s: ``kernel`` [C_in, features] and ``bias``
+  [features], float32; the bias gradient is a GEMV (see ``bias_add``).
+
+  Attributes:
+    features: output width.
+    zero_init: initialise the kernel to zeros.
+    dtype: compute dtype.
+  """
+
+  features: int
+  zero_init: bool = False
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """``[..., C_in]`` -> ``[..., features]``."""
+    kernel = self.param("kernel", _kernel_init(self.zero_init), (x.shape[-1], self.features),
+                        jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+    y = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
+    return bias_add(y, bias.astype(self.dtype))
+
+
+def conv(features: int, kernel_size: int, *, stride: int = 1, zero_init: bool = False,
+         dtype: Dtype = jnp.float32, name: str | None = None) -> Conv:
+  """A :class:`Conv` (named ``name`` in its parent)."""
+  return Conv(features, kernel_size, stride=stride, zero_init=zero_init, dtype=dtype, name=name)
+
+
+def dense(features: int, *, zero_init: bool = False, dtype: Dtype = jnp.float32,
+          name: str | None = None) -> Dense:
+  """A :class:`Dense` (named ``name`` in its parent)."""
+  return Dense(features, zero_init=zero_init, dtype=dtype, name=name)
 
 
 def upsample_nearest(x: jax.Array) -> jax.Array:
@@ -167,8 +257,12 @@ def qkv_attention(qkv: jax.Array, num_heads: int, *, legacy_order: bool) -> jax.
     q, k, v = jnp.split(qkv.reshape(b, t, num_heads, 3 * ch), 3, axis=-1)
   else:
     q, k, v = (part.reshape(b, t, num_heads, ch) for part in jnp.split(qkv, 3, axis=-1))
+  # Heads-major [B, heads, T, ch] makes both products plain batched matmuls; contracting
+  # over the token axis of [B, T, heads, ch] directly lets XLA:CPU pick transposed output
+  # layouts that run several times slower (benchmarks/README.md).
+  q, k, v = (x.transpose(0, 2, 1, 3) for x in (q, k, v))
   scale = 1.0 / math.sqrt(math.sqrt(ch))
-  logits = jnp.einsum("bthc,bshc->bhts", q * scale, k * scale)
+  logits = jnp.einsum("bhtc,bhsc->bhts", q * scale, k * scale)
   weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(qkv.dtype)
-  out = jnp.einsum("bhts,bshc->bthc", weights, v)
-  return out.reshape(b, t, num_heads * ch)
+  out = jnp.einsum("bhts,bhsc->bhtc", weights, v)
+  return out.transpose(0, 2, 1, 3).reshape(b, t, num_heads * ch)
