@@ -5,7 +5,8 @@ r"""Speed and memory of training and sampling, JAX against a PyTorch peer in the
 For each model: the train step (images/s; AdamW, EMA, the eps-MSE loss), DDIM-50 and DDPM-1000
 sampling (images/s), compile times and peak memory. The 6.5M-parameter ADM-style U-Net
 (64 channels, mults 1,2,2, 2 res blocks, attention at 16x16, 32x32x3 input; batch 32 for
-training, 16 for sampling) is also run in PyTorch as diffusers' `UNet2DModel` with the same
+training, 16 for sampling); the quickstart model, image size and batch sizes are read from
+configs/quickstart.py is also run in PyTorch as diffusers' `UNet2DModel` with the same
 widths (needs the `torch` extra). Both frameworks use every core of the machine.
 
 Peak memory is the growth of the process's resident set over the phase, sampled every 5 ms.
@@ -13,8 +14,10 @@ The last line printed is one JSON object with every figure.
 """
 
 import argparse
+import importlib.util
 import json
 import os
+import pathlib
 import threading
 import time
 
@@ -25,18 +28,36 @@ import optax
 
 from diffseg_jax import diffusion
 from diffseg_jax import platform
+from diffseg_jax.methods import generation
 from diffseg_jax import nn
 from diffseg_jax.train import sharding
 from diffseg_jax.train.state import TrainState
 from diffseg_jax.train.step import make_train_step
 
-# name: (U-Net fields, image shape, train batch, sample batch)
-MODELS = {
-    "quickstart": (dict(model_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1,
-                        attention_resolutions=(4,), num_heads=4), (28, 28, 1), 64, 64),
-    "adm6m": (dict(model_channels=64, channel_mult=(1, 2, 2), num_res_blocks=2,
-                   attention_resolutions=(2,), num_head_channels=32), (32, 32, 3), 32, 16),
-}
+# The 6.5M ADM-style U-Net: (U-Net fields, image shape, train batch, sample batch).
+ADM6M = (dict(model_channels=64, channel_mult=(1, 2, 2), num_res_blocks=2,
+              attention_resolutions=(2,), num_head_channels=32), (32, 32, 3), 32, 16)
+
+
+def _quickstart():
+  """The U-Net, image shape and batch sizes of configs/quickstart.py."""
+  path = pathlib.Path(__file__).parents[1] / "configs" / "quickstart.py"
+  spec = importlib.util.spec_from_file_location("quickstart", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  shape = (config.data.image_size, config.data.image_size, config.data.channels)
+  return generation.make_unet(config), shape, config.train.batch_size, config.sample.batch_size
+
+
+def _adm6m():
+  fields, shape, train_batch, sample_batch = ADM6M
+  unet = nn.UNetModel(image_size=shape[0], in_channels=shape[-1], out_channels=shape[-1],
+                      **fields)
+  return unet, shape, train_batch, sample_batch
+
+
+MODELS = {"quickstart": _quickstart, "adm6m": _adm6m}
 
 
 class PeakRss:
@@ -65,10 +86,10 @@ class PeakRss:
       self._peak = max(self._peak, self._rss())
 
 
-def _time(fn, repeats: int) -> float:
-  """Seconds per call of ``fn`` (which blocks until done), best of 3 rounds of ``repeats``."""
+def _time(fn, repeats: int, rounds: int = 3) -> float:
+  """Seconds per call of ``fn`` (which blocks until done), best of ``rounds`` of ``repeats``."""
   best = float("inf")
-  for _ in range(3):
+  for _ in range(rounds):
     start = time.perf_counter()
     for _ in range(repeats):
       fn()
@@ -77,10 +98,7 @@ def _time(fn, repeats: int) -> float:
 
 
 def bench_jax(name: str, ddpm_steps: int) -> dict:
-  fields, shape, train_batch, sample_batch = MODELS[name]
-  channels = shape[-1]
-  unet = nn.UNetModel(image_size=shape[0], in_channels=channels, out_channels=channels,
-                      **fields)
+  unet, shape, train_batch, sample_batch = MODELS[name]()
   gd = diffusion.GaussianDiffusion.create(diffusion.get_beta_schedule("linear", 1000))
   model_fn = lambda p, x, t: unet.apply({"params": p}, x, t)
   mesh = sharding.make_mesh()
@@ -130,8 +148,9 @@ def bench_jax(name: str, ddpm_steps: int) -> dict:
     start = time.perf_counter()
     compiled_sample = fn.lower(params, key, noise).compile()
     compile_s = time.perf_counter() - start
-    with PeakRss() as mem:
-      seconds = _time(lambda: compiled_sample(params, key, noise).block_until_ready(), 1)
+    with PeakRss() as mem:  # DDPM-1000 runs once: minutes per run
+      seconds = _time(lambda: compiled_sample(params, key, noise).block_until_ready(), 1,
+                      rounds=3 if sampler == "ddim" else 1)
     label = f"{sampler}{steps}"
     out[f"{label}_img_per_s"] = sample_batch / seconds
     out[f"{label}_compile_s"] = compile_s
@@ -139,11 +158,11 @@ def bench_jax(name: str, ddpm_steps: int) -> dict:
   return out
 
 
-def bench_torch(name: str, ddpm_steps: int) -> dict:
+def bench_torch(ddpm_steps: int) -> dict:
   import torch
   from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 
-  fields, shape, train_batch, sample_batch = MODELS[name]
+  fields, shape, train_batch, sample_batch = ADM6M
   torch.set_num_threads(os.cpu_count())
   levels = len(fields["channel_mult"])
   attention_levels = {int(np.log2(ds)) for ds in fields["attention_resolutions"]}
@@ -193,7 +212,7 @@ def bench_torch(name: str, ddpm_steps: int) -> dict:
       return x
 
     with PeakRss() as mem:
-      seconds = _time(sample, 1)
+      seconds = _time(sample, 1, rounds=3 if label == "ddim50" else 1)
     out[f"{label}_img_per_s"] = sample_batch / seconds
     out[f"{label}_peak_mb"] = mem.peak_mb
   return out
@@ -211,7 +230,7 @@ def main():
   for name in args.models.split(","):
     results[name] = {"jax": bench_jax(name, args.ddpm_steps)}
     if name == "adm6m" and not args.no_torch:
-      results[name]["torch"] = bench_torch(name, args.ddpm_steps)
+      results[name]["torch"] = bench_torch(args.ddpm_steps)
   print(f"{'model':<11}{'framework':<10}{'params':>9}{'train img/s':>13}{'ddim50 img/s':>14}"
         f"{'ddpm img/s':>12}{'train MB':>10}")
   for name in args.models.split(","):
