@@ -79,7 +79,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   if checkpointer.latest_step() is None:
     state = initial_state(config, model, mesh)
   else:  # refused if config.json or the parameter shapes say it is another model
-    state = restore_state(config, model, str(workdir), mesh)
+    state = restore_state(config, model, str(workdir), mesh, checkpointer)
     logging.info("Resumed from the step-%d checkpoint in %s.", int(state.step), workdir)
   start = int(state.step)
   write_run_config(config, workdir, start)

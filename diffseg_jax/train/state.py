@@ -62,8 +62,11 @@ def _abstract_replicated(tree, mesh):
                       tree)
 
 
-def restore_state(config, model, workdir: str, mesh) -> TrainState:
+def restore_state(config, model, workdir: str, mesh,
+                  checkpointer: Checkpointer | None = None) -> TrainState:
   """The newest checkpointed state in ``workdir``, replicated over ``mesh``.
+
+  Uses ``checkpointer`` (the caller's, left open) if given, else opens and closes its own.
 
   Raises:
     FileNotFoundError: no checkpoint yet.
@@ -75,11 +78,13 @@ def restore_state(config, model, workdir: str, mesh) -> TrainState:
   tx = make_optimizer(config.optim, config.train.num_steps)
   target = _abstract_replicated(jax.eval_shape(_state_fn(config, model, tx), jax.random.key(0)),
                                 mesh)
-  checkpointer = Checkpointer(workdir, config.train.keep_checkpoints)
-  try:
+  if checkpointer is not None:
     return checkpointer.restore(target)
+  own = Checkpointer(workdir, config.train.keep_checkpoints)
+  try:
+    return own.restore(target)
   finally:
-    checkpointer.close()
+    own.close()
 
 
 def restore_sampling_params(config, model, workdir: str, mesh) -> tuple[int, Params]:
