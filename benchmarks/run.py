@@ -3,11 +3,13 @@ r"""Speed and memory of training and sampling, JAX against a PyTorch peer in the
   python benchmarks/run.py [--models=quickstart,adm6m] [--ddpm_steps=1000] [--no_torch]
 
 For each model: the train step (images/s; AdamW, EMA, the eps-MSE loss), DDIM-50 and DDPM-1000
-sampling (images/s), compile times and peak memory. The 6.5M-parameter ADM-style U-Net
-(64 channels, mults 1,2,2, 2 res blocks, attention at 16x16, 32x32x3 input; batch 32 for
-training, 16 for sampling); the quickstart model, image size and batch sizes are read from
-configs/quickstart.py is also run in PyTorch as diffusers' `UNet2DModel` with the same
-widths (needs the `torch` extra). Both frameworks use every core of the machine.
+sampling (images/s), compile times and peak memory. The quickstart model, image size and batch
+sizes are read from configs/quickstart.py. The 6.5M-parameter ADM-style U-Net (64 channels,
+mults 1,2,2, 2 res blocks, attention at 16x16, 32x32x3 input; batch 32 for training, 16 for
+sampling) also runs in PyTorch as diffusers' `UNet2DModel` with the same widths (needs the
+`torch` extra). Both frameworks use every core of the machine, and both run with glibc's
+huge-page tunable (the script restarts itself with it, as `diffseg_jax.main` does; set
+DIFFSEG_HUGE_PAGES=0 to measure without).
 
 Peak memory is the growth of the process's resident set over the phase, sampled every 5 ms.
 The last line printed is one JSON object with every figure.
@@ -226,7 +228,7 @@ def main():
   parser.add_argument("--no_torch", action="store_true")
   args = parser.parse_args()
   results = {"jax_version": jax.__version__, "devices": str(jax.devices()),
-             "cpu_count": os.cpu_count()}
+             "cpu_count": os.cpu_count(), "huge_pages": platform.huge_pages_enabled()}
   for name in args.models.split(","):
     results[name] = {"jax": bench_jax(name, args.ddpm_steps)}
     if name == "adm6m" and not args.no_torch:
@@ -251,4 +253,5 @@ def main():
 
 
 if __name__ == "__main__":
+  platform.reexec_with_huge_pages()  # JAX and PyTorch both run with it
   main()

@@ -8,10 +8,21 @@ r"""Command-line entrypoint.
 ``<workdir>/samples/step<N>_<sampler><steps>[_eta<eta>]_<weights>/`` as a PNG grid and an npz
 in the ADM evaluator's format. On several hosts, pass ``--distributed`` to call
 ``jax.distributed.initialize()`` first.
+
+On Linux, the command restarts itself once with glibc's transparent-huge-page tunable
+(``diffseg_jax.platform.reexec_with_huge_pages``: 10-15% faster steps on CPU); set
+``DIFFSEG_HUGE_PAGES=0`` to prevent it.
 """
 
-import logging as std_logging
 import sys
+
+from diffseg_jax import platform
+
+if __name__ == "__main__":  # before the heavy imports below, so the restart is cheap
+  platform.reexec_with_huge_pages()
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import logging as std_logging
 
 import jax
 from absl import app
@@ -20,7 +31,6 @@ from absl import logging
 from ml_collections import config_flags
 
 from diffseg_jax import config as config_lib
-from diffseg_jax import platform
 from diffseg_jax.generate import sample_and_save
 from diffseg_jax.train.loop import train_and_evaluate
 
@@ -50,9 +60,10 @@ def main(argv: list[str]) -> None:
   logging.get_absl_handler().addFilter(_QuietLibraries())
   if FLAGS.distributed:
     jax.distributed.initialize()
-  logging.info("JAX process %d of %d; %d local / %d global devices (%s).", jax.process_index(),
-               jax.process_count(), jax.local_device_count(), jax.device_count(),
-               jax.devices()[0].platform)
+  logging.info("JAX process %d of %d; %d local / %d global devices (%s); huge pages %s.",
+               jax.process_index(), jax.process_count(), jax.local_device_count(),
+               jax.device_count(), jax.devices()[0].platform,
+               "on" if platform.huge_pages_enabled() else "off")
   if FLAGS.mode == "train":
     train_and_evaluate(FLAGS.config, FLAGS.workdir)
   else:

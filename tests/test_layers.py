@@ -1,5 +1,5 @@
 """The building blocks whose gradients are hand-written for speed: GroupNorm, bias addition,
-Conv and Dense. Each is checked against the plain formula, differentiated by JAX in float64."""
+per-sample scale-shift, Conv and Dense. Each is checked against the plain formula, differentiated by JAX in float64."""
 
 import flax.linen as flax_nn
 import jax
@@ -66,6 +66,24 @@ def test_bias_add_and_channel_sum_gradients():
   np.testing.assert_allclose(db, g.sum(axis=(0, 1, 2)), rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(layers.channel_sum(jnp.asarray(g, jnp.float32)),
                              g.sum(axis=(0, 1, 2)), rtol=1e-5, atol=1e-5)
+
+
+def test_film_and_add_per_sample_gradients_match_the_plain_formula_in_float64():
+  rng = np.random.default_rng(5)
+  x, g = rng.standard_normal((3, 4, 5, 8)), rng.standard_normal((3, 4, 5, 8))
+  scale, shift = rng.standard_normal((2, 3, 1, 1, 8))
+  cases = [(layers.film, lambda x, s, b: x * (1 + s) + b, (x, scale, shift)),
+           (layers.add_per_sample, lambda x, b: x + b, (x, shift))]
+  for ours, plain, args in cases:
+    with jax.enable_x64(True):
+      want_out, vjp = jax.vjp(plain, *[jnp.asarray(a, jnp.float64) for a in args])
+      want_grads = vjp(jnp.asarray(g, jnp.float64))
+    out, vjp = jax.vjp(ours, *[jnp.asarray(a, jnp.float32) for a in args])
+    grads = vjp(jnp.asarray(g, jnp.float32))
+    np.testing.assert_allclose(out, want_out, rtol=1e-5, atol=1e-5)
+    for got, want in zip(grads, want_grads):
+      assert got.shape == want.shape
+      np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("kernel_size,stride", [(3, 1), (3, 2), (1, 1)])

@@ -71,6 +71,35 @@ def bias_add(x: jax.Array, bias: jax.Array) -> jax.Array:
 bias_add.defvjp(lambda x, bias: (x + bias, None), lambda _, g: (g, channel_sum(g)))
 
 
+def _per_sample_sum(x: jax.Array) -> jax.Array:
+  """Sums ``[N, H, W, C]`` over positions: returns ``[N, 1, 1, C]`` (GEMVs, as above)."""
+  n, *_, c = x.shape
+  return _position_sum(x.reshape(n, -1, c)).reshape(n, 1, 1, c)
+
+
+@jax.custom_vjp
+def add_per_sample(x: jax.Array, shift: jax.Array) -> jax.Array:
+  """``x + shift`` for ``x [N, H, W, C]`` and ``shift [N, 1, 1, C]``; a GEMV shift gradient."""
+  return x + shift
+
+
+add_per_sample.defvjp(lambda x, shift: (x + shift, None),
+                      lambda _, g: (g, _per_sample_sum(g)))
+
+
+@jax.custom_vjp
+def film(x: jax.Array, scale: jax.Array, shift: jax.Array) -> jax.Array:
+  """``x * (1 + scale) + shift`` for ``x [N, H, W, C]`` and ``scale, shift [N, 1, 1, C]``.
+
+  The scale-shift (AdaGN) conditioning of the ADM ResBlock, with GEMV gradient sums.
+  """
+  return x * (1 + scale) + shift
+
+
+film.defvjp(lambda x, scale, shift: (x * (1 + scale) + shift, (x, scale)),
+            lambda res, g: (g * (1 + res[1]), _per_sample_sum(g * res[0]), _per_sample_sum(g)))
+
+
 def _group_mean(sums: jax.Array, num_groups: int, count: int) -> jax.Array:
   """Per-channel sums ``[N, C]`` -> each channel's group mean, ``[N, 1, C]``."""
   n, c = sums.shape
@@ -79,15 +108,17 @@ def _group_mean(sums: jax.Array, num_groups: int, count: int) -> jax.Array:
 
 
 def _group_norm_fwd(x, scale, bias, num_groups, epsilon):
-  n, p, c = x.shape
-  grouped = x.reshape(n, p, num_groups, c // num_groups)
-  mean = grouped.mean(axis=(1, 3), keepdims=True)
-  centered = grouped - mean
-  rstd = jax.lax.rsqrt(jnp.square(centered).mean(axis=(1, 3), keepdims=True) + epsilon)
-  out = (centered * rstd).reshape(x.shape) * scale + bias
-  broadcast = lambda stat: jnp.broadcast_to(stat, (n, 1, num_groups, c // num_groups)).reshape(
-      n, 1, c)
-  return out, (x, broadcast(mean), broadcast(rstd), scale)
+  # Statistics as per-channel GEMV sums folded into groups, and the normalisation as a
+  # per-(sample, channel) affine map: every broadcast runs along the channel axis. Reducing a
+  # [N, P, groups, C / groups] view instead leaves XLA:CPU loops whose inner axis is
+  # C / groups (2 channels in a 64-channel layer), which do not vectorise.
+  count = x.shape[1] * (x.shape[2] // num_groups)
+  mean = _group_mean(_position_sum(x), num_groups, count)  # [N, 1, C]
+  centered = x - mean
+  rstd = jax.lax.rsqrt(_group_mean(_position_sum(jnp.square(centered)), num_groups, count)
+                       + epsilon)
+  out = centered * (rstd * scale) + bias
+  return out, (x, mean, rstd, scale)
 
 
 def _group_norm_bwd(num_groups, epsilon, residuals, dy):
@@ -257,12 +288,14 @@ def qkv_attention(qkv: jax.Array, num_heads: int, *, legacy_order: bool) -> jax.
     q, k, v = jnp.split(qkv.reshape(b, t, num_heads, 3 * ch), 3, axis=-1)
   else:
     q, k, v = (part.reshape(b, t, num_heads, ch) for part in jnp.split(qkv, 3, axis=-1))
-  # Heads-major [B, heads, T, ch] makes both products plain batched matmuls; contracting
-  # over the token axis of [B, T, heads, ch] directly lets XLA:CPU pick transposed output
-  # layouts that run several times slower (benchmarks/README.md).
-  q, k, v = (x.transpose(0, 2, 1, 3) for x in (q, k, v))
+  # Heads-major [B, heads, T, ch] queries and values and [B, heads, ch, T] keys make both
+  # products plain (untransposed) batched matmuls. Contracting over the token axis of
+  # [B, T, heads, ch] directly lets XLA:CPU pick transposed output layouts that run several
+  # times slower, and a transposed right operand costs a third more (benchmarks/README.md).
+  q, v = (x.transpose(0, 2, 1, 3) for x in (q, v))
+  k = k.transpose(0, 2, 3, 1)
   scale = 1.0 / math.sqrt(math.sqrt(ch))
-  logits = jnp.einsum("bhtc,bhsc->bhts", q * scale, k * scale)
+  logits = jnp.einsum("bhtc,bhcs->bhts", q * scale, k * scale)
   weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(qkv.dtype)
   out = jnp.einsum("bhts,bhsc->bhtc", weights, v)
   return out.transpose(0, 2, 1, 3).reshape(b, t, num_heads * ch)

@@ -25,9 +25,11 @@ import jax.numpy as jnp
 
 from diffseg_jax.nn.layers import (
     GroupNorm32,
+    add_per_sample,
     avg_pool2,
     conv,
     dense,
+    film,
     qkv_attention,
     timestep_embedding,
     upsample_nearest,
@@ -152,9 +154,9 @@ class ResBlock(nn.Module):
     out_norm = GroupNorm32(name="out_layers_0")
     if self.use_scale_shift_norm:
       scale, shift = jnp.split(emb_out, 2, axis=-1)
-      h = out_norm(h) * (1 + scale) + shift
+      h = film(out_norm(h), scale, shift)
     else:
-      h = out_norm(h + emb_out)
+      h = out_norm(add_per_sample(h, emb_out))
     h = nn.Dropout(self.dropout, deterministic=not train)(nn.silu(h))
     h = conv(self.out_channels, 3, zero_init=True, dtype=self.dtype, name="out_layers_3")(h)
 
