@@ -78,6 +78,19 @@ def base_config() -> ml_collections.ConfigDict:
   c.sample.clip_denoised = True
   c.sample.ema_index = 0  # which of optim.ema_rates to sample with; -1: raw params
   c.sample.class_label = -1  # class-conditional models: -1 cycles through the classes
+
+  c.evaluate = ml_collections.ConfigDict()  # --mode=evaluate (diffseg_jax.evaluation)
+  c.evaluate.features = "fashion_mnist"  # fashion_mnist (packaged, 28x28 grey) | inception
+  c.evaluate.inception_weights = ""  # pytorch-fid's pt_inception-2015-12-05-6726825d.pth
+  c.evaluate.num_samples = 10_000  # drawn from the newest checkpoint (ADM: 50,000)
+  c.evaluate.samples_npz = ""  # evaluate this npz's arr_0 instead of sampling
+  c.evaluate.reference_npz = ""  # ADM reference batch; "": the data.* dataset's reference_split
+  c.evaluate.reference_split = "test"
+  c.evaluate.num_reference = 0  # the first N reference images; 0: all
+  c.evaluate.batch_size = 100  # images per feature-extraction batch
+  c.evaluate.nearest_k = 3  # precision/recall manifold neighbourhood (ADM: 3)
+  c.evaluate.is_split_size = 5000  # Inception Score split size (ADM: 5000)
+  c.evaluate.half_precision_distances = True  # precision/recall distances in float16 as ADM
   c.lock()  # configs change values; a new (misspelt) key raises where it is written
   return c
 
@@ -124,10 +137,12 @@ _CHOICES = {
     "model.dtype": ("float32", "bfloat16"),
     "diffusion.model_var_type": ("fixed_small", "fixed_large", "learned_range", "learned"),
     "sample.sampler": ("ddpm", "ddim"),
+    "evaluate.features": ("fashion_mnist", "inception"),
 }
 _POSITIVE = ("train.batch_size", "train.num_steps", "train.log_every", "train.checkpoint_every",
              "train.keep_checkpoints", "train.num_sample_images", "sample.num_images",
-             "sample.batch_size")
+             "sample.batch_size", "evaluate.num_samples", "evaluate.batch_size",
+             "evaluate.nearest_k", "evaluate.is_split_size")
 
 
 def _value_errors(config: ml_collections.ConfigDict) -> list[str]:
@@ -140,6 +155,10 @@ def _value_errors(config: ml_collections.ConfigDict) -> list[str]:
   if flat["train.sample_every"] < 0:
     errors.append(f"train.sample_every={flat['train.sample_every']!r} must be >= 0 (0: sample "
                   "only at the end).")
+  num_reference = flat["evaluate.num_reference"]
+  if not (isinstance(num_reference, int) and num_reference >= 0):
+    errors.append(f"evaluate.num_reference={num_reference!r} must be an integer >= 0 "
+                  "(0: every reference image).")
   num_ema = len(flat["optim.ema_rates"])
   if not -1 <= flat["sample.ema_index"] < num_ema:
     errors.append(f"sample.ema_index={flat['sample.ema_index']!r} must be in -1..{num_ema - 1}: "

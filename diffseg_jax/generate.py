@@ -103,15 +103,16 @@ def samples_dir(workdir: str | pathlib.Path, step: int,
   return pathlib.Path(workdir) / "samples" / f"step{step:07d}_{s.sampler}{steps}{eta}_{weights}"
 
 
-def sample_and_save(config: ml_collections.ConfigDict, workdir: str) -> pathlib.Path:
-  """Restores the latest checkpoint in ``workdir`` and writes ``config.sample.num_images``.
+def sample_checkpoint(config: ml_collections.ConfigDict, workdir: str,
+                      num_images: int) -> tuple[int, np.ndarray, np.ndarray | None]:
+  """Draws ``num_images`` images from the latest checkpoint in ``workdir``.
 
   Only the step and the parameters ``config.sample.ema_index`` selects are read from the
-  checkpoint.
+  checkpoint; the ``sample.*`` settings choose the sampler.
 
   Returns:
-    The path of the npz written, ``<samples_dir>/samples_<N>x<H>x<W>x<C>.npz`` (see
-    :func:`samples_dir`), beside a PNG grid of the first 64 images.
+    ``(step, images, labels)``: the checkpoint's step, uint8 [num_images, H, W, C] images and
+    int32 labels (None for an unconditional model), identical on every process.
   """
   config_lib.validate(config)
   mesh = sharding.make_mesh()
@@ -120,8 +121,19 @@ def sample_and_save(config: ml_collections.ConfigDict, workdir: str) -> pathlib.
   s = config.sample
   sampler = ImageSampler(model, s, mesh)
   logging.info("Sampling %d images with %s-%d (eta=%.2f) from the step-%d checkpoint.",
-               s.num_images, s.sampler, s.steps, s.eta, step)
-  images, labels = sampler(params, jax.random.key(config.seed + 1), s.num_images, s.batch_size)
+               num_images, s.sampler, s.steps, s.eta, step)
+  images, labels = sampler(params, jax.random.key(config.seed + 1), num_images, s.batch_size)
+  return step, images, labels
+
+
+def save_samples(workdir: str | pathlib.Path, step: int, config: ml_collections.ConfigDict,
+                 images: np.ndarray, labels: np.ndarray | None) -> pathlib.Path:
+  """Writes uint8 [N, H, W, C] samples of the step-``step`` checkpoint (process 0 only).
+
+  Returns:
+    The path of the npz, ``<samples_dir>/samples_<N>x<H>x<W>x<C>.npz`` (see
+    :func:`samples_dir`), beside a PNG grid of the first 64 images.
+  """
   out_dir = samples_dir(workdir, step, config)
   name = "samples_" + "x".join(str(d) for d in images.shape)
   npz_path = out_dir / f"{name}.npz"
@@ -131,3 +143,10 @@ def sample_and_save(config: ml_collections.ConfigDict, workdir: str) -> pathlib.
     files.write_png(out_dir / f"{name}.png", image_io.grid(images[:64]))
     logging.info("Wrote %s and its PNG grid.", npz_path)
   return npz_path
+
+
+def sample_and_save(config: ml_collections.ConfigDict, workdir: str) -> pathlib.Path:
+  """Restores the latest checkpoint in ``workdir`` and writes ``config.sample.num_images``
+  samples (:func:`save_samples`); returns the npz path."""
+  step, images, labels = sample_checkpoint(config, workdir, config.sample.num_images)
+  return save_samples(workdir, step, config, images, labels)

@@ -1,12 +1,15 @@
 r"""Command-line entrypoint.
 
   python -m diffseg_jax.main --config=configs/quickstart.py --workdir=/tmp/quickstart \
-      [--mode=train|sample] [--config.train.num_steps=2000] [--config.sample.steps=25]
+      [--mode=train|sample|evaluate] [--config.train.num_steps=2000] [--config.sample.steps=25]
 
 ``train`` trains (resuming from the newest checkpoint in the workdir) and writes sample grids;
 ``sample`` draws ``sample.num_images`` images from the newest checkpoint into
 ``<workdir>/samples/step<N>_<sampler><steps>[_eta<eta>]_<weights>/`` as a PNG grid and an npz
-in the ADM evaluator's format. On several hosts, pass ``--distributed`` to call
+in the ADM evaluator's format; ``evaluate`` computes FID, sFID, IS, precision and recall of
+``evaluate.num_samples`` samples (or of ``evaluate.samples_npz``) against a reference set with
+the ``evaluate.features`` extractor, into TensorBoard and ``<workdir>/eval/*.json``
+(``diffseg_jax.evaluation.evaluate``). On several hosts, pass ``--distributed`` to call
 ``jax.distributed.initialize()`` first.
 
 On Linux, the command restarts itself once with glibc's transparent-huge-page tunable
@@ -31,12 +34,13 @@ from absl import logging
 from ml_collections import config_flags
 
 from diffseg_jax import config as config_lib
+from diffseg_jax.evaluation.evaluate import evaluate_and_save
 from diffseg_jax.generate import sample_and_save
 from diffseg_jax.train.loop import train_and_evaluate
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples.")
-flags.DEFINE_enum("mode", "train", ["train", "sample"], "What to do.")
+flags.DEFINE_enum("mode", "train", ["train", "sample", "evaluate"], "What to do.")
 flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host runs).")
 config_flags.DEFINE_config_file("config", None, "Path to a config file in configs/.",
                                 lock_config=True)
@@ -54,7 +58,7 @@ class _QuietLibraries:
 
 
 def main(argv: list[str]) -> None:
-  """Runs ``--mode`` (train or sample) on ``--config`` in ``--workdir``; see the module doc."""
+  """Runs ``--mode`` (train, sample or evaluate) on ``--config`` in ``--workdir`` (module doc)."""
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   logging.get_absl_handler().addFilter(_QuietLibraries())
@@ -66,8 +70,10 @@ def main(argv: list[str]) -> None:
                "on" if platform.huge_pages_enabled() else "off")
   if FLAGS.mode == "train":
     train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  else:
+  elif FLAGS.mode == "sample":
     sample_and_save(FLAGS.config, FLAGS.workdir)
+  else:
+    evaluate_and_save(FLAGS.config, FLAGS.workdir)
 
 
 def check_overrides(argv: list[str]) -> None:

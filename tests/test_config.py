@@ -97,3 +97,11 @@ def test_validate_accepts_the_edges_of_the_allowed_ranges():
   config.sample.class_label = 9
   config.diffusion.learn_sigma = True
   config_lib.validate(config)
+
+
+def test_validate_checks_the_evaluate_section():
+  message = _invalid({"evaluate.features": "vgg", "evaluate.num_reference": -1,
+                      "evaluate.nearest_k": 0})
+  assert "evaluate.features='vgg' must be one of 'fashion_mnist', 'inception'" in message
+  assert "evaluate.num_reference=-1 must be an integer >= 0" in message
+  assert "evaluate.nearest_k=0 must be a positive integer" in message

@@ -7,11 +7,13 @@ from diffseg_jax.convert.guided_diffusion import (
     expected_param_shapes,
     from_guided_diffusion,
 )
+from diffseg_jax.convert.pytorch_fid import from_pytorch_fid
 
 __all__ = [
     "MODELS",
     "config_from_flags",
     "expected_param_shapes",
     "from_guided_diffusion",
+    "from_pytorch_fid",
     "load_state_dict",
 ]

@@ -1,0 +1,1 @@
+"""The ADM evaluation suite (FID, sFID, IS, precision, recall) and segmentation metrics."""
