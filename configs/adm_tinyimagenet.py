@@ -3,7 +3,7 @@ r"""ADM on Tiny ImageNet 64x64: the survey's generation experiment (Dhariwal & N
 Command (one GPU/TPU host; add --distributed on a multi-host TPU slice):
 
   python -m diffseg_jax.main --config=configs/adm_tinyimagenet.py --workdir=runs/adm_tin \
-      --config.data.source_dir=/path/to/tiny-imagenet-200.zip
+      --config.data.manual_dir=/folder/holding/tiny-imagenet-200.zip
   python -m diffseg_jax.main --config=configs/adm_tinyimagenet.py --workdir=runs/adm_tin \
       --mode=sample --config.sample.num_images=10000
 
@@ -11,6 +11,9 @@ Model: ADM U-Net, 128 channels, mults (1,2,3,4), 2 res blocks per level, attenti
 and 8x8 with 64-channel heads, scale-shift norm, BigGAN up/down blocks, dropout 0.1,
 class-conditional (200 classes), learned variances with the hybrid loss, linear schedule with
 1000 steps (about 120M parameters).
+
+Data: the first run prepares the TFDS dataset (about 240 MB of JPEGs, a few minutes) into
+data.tfds_data_dir (default ~/tensorflow_datasets); later runs read it from there.
 
 Hardware: written for one 8-device accelerator host (e.g. a TPU v4-8 or 8 A100s) with global
 batch 256 in bfloat16 compute; on fewer devices lower train.batch_size and the learning rate.
@@ -28,8 +31,9 @@ from diffseg_jax import config as config_lib
 def get_config():
   config = config_lib.base_config()
   config.data.name = "tiny_imagenet"
-  config.data.source_dir = "tiny-imagenet-200.zip"
+  config.data.manual_dir = "."  # the folder holding tiny-imagenet-200.zip (or its contents)
   config.data.split = "train"
+  config.data.eval_split = "validation"
   config.data.image_size = 64
   config.data.channels = 3
   config.data.num_classes = 200

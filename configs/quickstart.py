@@ -5,8 +5,9 @@ Command (after `apt-get install dataset-fashion-mnist` and `pip install -e .`):
   python -m diffseg_jax.main --config=configs/quickstart.py --workdir=/tmp/diffseg_quickstart
 
 Hardware: 2 CPU cores, no accelerator. Data: the Fashion-MNIST IDX files Debian's package
-`dataset-fashion-mnist` installs (no download at run time; point data.source_dir elsewhere for a
-copy of your own).
+`dataset-fashion-mnist` installs (no download at run time; point data.manual_dir elsewhere for a
+copy of your own). The first run turns them into a TFDS dataset (`fashion_mnist_idx`, in
+~/tensorflow_datasets or data.tfds_data_dir) in about half a minute; later runs reuse it.
 
 Expected result: a 1.2M-parameter ADM U-Net at 28x28 trains 1200 steps of batch 32 (the
 train step runs at 75-95 images/s on 2 idle cores: about 8 minutes with compilation and the
@@ -25,9 +26,12 @@ from diffseg_jax import config as config_lib
 
 def get_config():
   config = config_lib.base_config()
-  config.data.name = "fashion_mnist"
+  config.data.name = "fashion_mnist_idx"
   config.data.image_size = 28
   config.data.channels = 1
+  # On a CPU the prefetch thread competes with the step for the same cores (40 steps of
+  # batch 32 on 2 loaded cores: 39.7 img/s without, 37.2 with); accelerators gain from it.
+  config.data.prefetch = 0
 
   config.model.model_channels = 32
   config.model.channel_mult = (1, 2, 2)

@@ -16,14 +16,26 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
 
-  c.data = ml_collections.ConfigDict()
-  c.data.name = "fashion_mnist"  # see diffseg_jax.data.DATASETS
-  c.data.source_dir = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist
-  c.data.split = "train"
+  c.data = ml_collections.ConfigDict()  # see diffseg_jax/data/input_pipeline.py
+  # A TFDS name: this project's builders (diffseg_jax/data/builders: fashion_mnist_idx,
+  # mnist_idx, tiny_imagenet, isbi2012, camvid_segnet, magnetic_tile,
+  # label_efficient_segmentation/<set>, image_mask_folder), the TFDS catalogue (cifar10,
+  # oxford_iiit_pet, cityscapes/semantic_segmentation, imagenet_resized/64x64, ...), or
+  # "shapes" (procedural, no files).
+  c.data.name = "fashion_mnist_idx"
+  c.data.manual_dir = "/usr/share/datasets/fashion-mnist"  # the files a builder reads
+  c.data.tfds_data_dir = ""  # prepared datasets; "": $TFDS_DATA_DIR or ~/tensorflow_datasets
+  c.data.split = "train"  # training split; TFDS slicing works ("train[:90%]")
+  c.data.eval_split = "test"
   c.data.image_size = 28  # spatial size the model sees (square)
   c.data.channels = 1
-  c.data.num_classes = 10
-  c.data.random_flip = False
+  c.data.num_classes = 10  # image-level classes (class-conditional models)
+  c.data.mask_classes = 0  # segmentation classes K: masks hold 0..K-1 and 255 (ignore); 0: none
+  c.data.resize = 0  # before a crop: resize the shorter side to this; 0 keeps the size
+  c.data.crop = "none"  # none (resize to image_size) | center | random (eval: center)
+  c.data.random_flip = False  # training: left-right, image and mask together
+  c.data.eval_batch_size = 0  # global; 0: train.batch_size
+  c.data.prefetch = 2  # batches prepared ahead on a background thread; 0: none
 
   c.model = ml_collections.ConfigDict()  # the ADM U-Net (diffseg_jax.nn.UNetModel)
   c.model.model_channels = 64
@@ -137,10 +149,15 @@ _CHOICES = {
     "model.dtype": ("float32", "bfloat16"),
     "diffusion.model_var_type": ("fixed_small", "fixed_large", "learned_range", "learned"),
     "sample.sampler": ("ddpm", "ddim"),
+    "data.crop": ("none", "center", "random"),
     "evaluate.features": ("fashion_mnist", "inception"),
 }
-_POSITIVE = ("train.batch_size", "train.num_steps", "train.log_every", "train.checkpoint_every",
-             "train.keep_checkpoints", "train.num_sample_images", "sample.num_images",
+# Keys that must be integers >= 0, and what 0 means for each.
+_ZERO_MEANS = {"data.mask_classes": "no masks", "data.resize": "keep the size",
+               "data.eval_batch_size": "train.batch_size", "data.prefetch": "no prefetching",
+               "evaluate.num_reference": "every reference image"}
+_POSITIVE = ("data.image_size", "data.channels", "train.batch_size", "train.num_steps",
+             "train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "train.num_sample_images", "sample.num_images",
              "sample.batch_size", "evaluate.num_samples", "evaluate.batch_size",
              "evaluate.nearest_k", "evaluate.is_split_size")
 
@@ -155,10 +172,20 @@ def _value_errors(config: ml_collections.ConfigDict) -> list[str]:
   if flat["train.sample_every"] < 0:
     errors.append(f"train.sample_every={flat['train.sample_every']!r} must be >= 0 (0: sample "
                   "only at the end).")
-  num_reference = flat["evaluate.num_reference"]
-  if not (isinstance(num_reference, int) and num_reference >= 0):
-    errors.append(f"evaluate.num_reference={num_reference!r} must be an integer >= 0 "
-                  "(0: every reference image).")
+  for key in _ZERO_MEANS:
+    if not (isinstance(flat[key], int) and flat[key] >= 0):
+      errors.append(f"{key}={flat[key]!r} must be an integer >= 0 (0: {_ZERO_MEANS[key]}).")
+  if not flat["data.mask_classes"] <= 255:
+    errors.append(f"data.mask_classes={flat['data.mask_classes']!r} must be at most 255 (mask "
+                  "ids are stored as uint8, 255 being the ignore id).")
+  if flat["data.crop"] == "none" and flat["data.resize"]:
+    errors.append(f"data.resize={flat['data.resize']!r} only applies before a crop: with "
+                  "data.crop='none' the image is resized to data.image_size; set data.resize=0 "
+                  "or data.crop='center'/'random'.")
+  if 0 < flat["data.resize"] < flat["data.image_size"]:
+    errors.append(f"data.resize={flat['data.resize']!r} is smaller than the crop "
+                  f"data.image_size={flat['data.image_size']!r}; set data.resize >= image_size "
+                  "(or 0 to crop at the original size).")
   num_ema = len(flat["optim.ema_rates"])
   if not -1 <= flat["sample.ema_index"] < num_ema:
     errors.append(f"sample.ema_index={flat['sample.ema_index']!r} must be in -1..{num_ema - 1}: "

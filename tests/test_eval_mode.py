@@ -17,7 +17,7 @@ from diffseg_jax.evaluation.reference_batches import ReferenceBatch
 from diffseg_jax.evaluation.reference_batches import write_reference_batch
 from diffseg_jax.train.loop import train_and_evaluate
 
-FASHION_MNIST_DIR = config_lib.base_config().data.source_dir
+FASHION_MNIST_DIR = config_lib.base_config().data.manual_dir
 pytestmark = pytest.mark.skipif(
     not os.path.exists(os.path.join(FASHION_MNIST_DIR, "t10k-labels-idx1-ubyte.gz")),
     reason="Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
@@ -36,7 +36,7 @@ def _config(**evaluate):
 @pytest.fixture(scope="module")
 def train_images():
   config = config_lib.base_config()
-  return data.load_source(config.data).images[:NUM]
+  return data.read_split(config.data, "train", NUM)["image"]
 
 
 def test_evaluate_samples_npz_against_the_test_split(train_images, tmp_path):
@@ -44,14 +44,14 @@ def test_evaluate_samples_npz_against_the_test_split(train_images, tmp_path):
   report = evaluate_and_save(_config(samples_npz=str(tmp_path / "samples.npz")), str(tmp_path))
   assert report["feature_extractor"] == "fashion_mnist_cnn_v1"
   assert report["num_samples"] == NUM and report["num_reference"] == NUM
-  assert report["reference"] == "fashion_mnist:test"
+  assert report["reference"] == "fashion_mnist_idx:test"
   written = json.loads((tmp_path / "eval" / "samples_fashion_mnist_cnn_v1.json").read_text())
   assert written == json.loads(json.dumps(report))
   assert list(tmp_path.glob("events.out.tfevents.*"))
 
   # The same numbers from the pure functions.
   extractor = fashion_mnist_extractor()
-  ref = extractor(data.load_source(_test_split()).images[:NUM])
+  ref = extractor(data.read_split(config_lib.base_config().data, "test", NUM)["image"])
   got = extractor(train_images)
   stats = generative.feature_statistics
   metrics = report["metrics"]
@@ -66,15 +66,9 @@ def test_evaluate_samples_npz_against_the_test_split(train_images, tmp_path):
   assert 0 < metrics["fid"] < 5 and metrics["precision"] > 0.5 and metrics["recall"] > 0.5
 
 
-def _test_split():
-  data_config = config_lib.base_config().data
-  data_config.split = "test"
-  return data_config
-
-
 def test_reference_statistics_are_used_and_checked(train_images, tmp_path):
   extractor = fashion_mnist_extractor()
-  ref_images = data.load_source(_test_split()).images[:NUM]
+  ref_images = data.read_split(config_lib.base_config().data, "test", NUM)["image"]
   ref = extractor(ref_images)
   stats = {"pool": generative.feature_statistics(ref.pool),
            "spatial": generative.feature_statistics(ref.spatial)}
@@ -97,7 +91,8 @@ def test_reference_statistics_are_used_and_checked(train_images, tmp_path):
 @pytest.mark.slow
 def test_evaluate_samples_from_the_latest_checkpoint(tmp_path):
   config = tiny_config.get_config()
-  config.data.name = "fashion_mnist"
+  config.data.name = "fashion_mnist_idx"
+  config.data.manual_dir = FASHION_MNIST_DIR
   config.data.image_size = 28
   config.model.attention_resolutions = ()
   config.train.num_steps = 2

@@ -40,7 +40,7 @@ def setup():
   model = GenerationModel(config)
   tx = make_optimizer(config.optim, config.train.num_steps)
   step = make_train_step(model.loss, tx, config.optim.ema_rates, mesh)
-  source = data.load_source(config.data)
+  source = data.load_source(config.data, config.data.split)
   batch = next(data.train_batches(source, global_batch_size=8, seed=0))
   return config, mesh, model, tx, step, sharding.put_batch(batch, mesh)
 

@@ -57,13 +57,11 @@ def main() -> None:
   state = initial_state(config, model, mesh)
   step = make_train_step(model.loss, make_optimizer(config.optim, config.train.num_steps),
                          config.optim.ema_rates, mesh)
-  batches = data.train_batches(data.load_source(config.data),
-                               global_batch_size=config.train.batch_size, seed=0,
-                               process_index=jax.process_index(),
-                               process_count=jax.process_count())
+  batches = data.train_iterator(config, mesh)
   key = jax.random.key(0)
   for _ in range(2):
-    state, metrics = step(state, sharding.put_batch(next(batches), mesh), key)
+    state, metrics = step(state, next(batches), key)
+  batches.close()
   local = jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), state.params)
   flat = traverse_util.flatten_dict(local, sep="/")
   flat["loss"] = np.asarray(metrics["loss"].addressable_data(0))

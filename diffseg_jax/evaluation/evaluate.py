@@ -86,11 +86,7 @@ def _reference(config: ml_collections.ConfigDict) -> tuple[ReferenceBatch, str]:
   e = config.evaluate
   if e.reference_npz:
     return read_reference_batch(e.reference_npz), e.reference_npz
-  data_config = config.data.copy_and_resolve_references()
-  data_config.split = e.reference_split
-  images = data.load_source(data_config).images
-  if e.num_reference:
-    images = images[:e.num_reference]
+  images = data.read_split(config.data, e.reference_split, e.num_reference)["image"]
   return ReferenceBatch(images, {}), f"{config.data.name}:{e.reference_split}"
 
 

@@ -1,7 +1,7 @@
 r"""Trains the Fashion-MNIST feature net (``fashion_mnist_net.py``) and writes its weights.
 
   nice -n 19 python -m diffseg_jax.evaluation.train_fashion_mnist_net \
-      --source_dir=/usr/share/datasets/fashion-mnist \
+      --manual_dir=/usr/share/datasets/fashion-mnist \
       --out=diffseg_jax/evaluation/fashion_mnist_net.npz
 
 Adam (learning rate 2e-3, linear warm-up over 200 steps, cosine decay to 0), batch 128, 4
@@ -11,7 +11,6 @@ weights (seed 0; 5.7 minutes of CPU time on 2 cores). The run is deterministic f
 given platform.
 """
 
-import ml_collections
 import numpy as np
 import optax
 import jax
@@ -24,7 +23,7 @@ from diffseg_jax import config as config_lib
 from diffseg_jax import data
 from diffseg_jax.evaluation import fashion_mnist_net
 
-_SOURCE_DIR = flags.DEFINE_string("source_dir", config_lib.base_config().data.source_dir,
+_MANUAL_DIR = flags.DEFINE_string("manual_dir", config_lib.base_config().data.manual_dir,
                                   "Folder of the four Fashion-MNIST IDX files.")
 _OUT = flags.DEFINE_string("out", str(fashion_mnist_net.WEIGHTS), "Where to write the npz.")
 _SEED = flags.DEFINE_integer("seed", 0, "Initialisation and example order.")
@@ -34,19 +33,18 @@ _LEARNING_RATE = 2e-3
 _WARMUP_STEPS = 200
 
 
-def load_split(source_dir: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+def load_split(manual_dir: str, split: str) -> tuple[np.ndarray, np.ndarray]:
   """uint8 [N, 28, 28, 1] images and int32 [N] labels of a Fashion-MNIST split."""
-  data_config = ml_collections.ConfigDict(
-      {"name": "fashion_mnist", "source_dir": source_dir, "split": split, "image_size": 28,
-       "channels": 1})
-  source = data.load_source(data_config)
-  return source.images, source.labels
+  data_config = config_lib.base_config().data
+  data_config.name, data_config.manual_dir = "fashion_mnist_idx", manual_dir
+  examples = data.read_split(data_config, split)
+  return examples["image"], examples["label"]
 
 
-def train(source_dir: str, seed: int, epochs: int) -> tuple[dict, float]:
+def train(manual_dir: str, seed: int, epochs: int) -> tuple[dict, float]:
   """Returns the trained parameters and their test accuracy."""
   network = fashion_mnist_net.FashionMnistNet()
-  images, labels = load_split(source_dir, "train")
+  images, labels = load_split(manual_dir, "train")
   params = network.init(jax.random.key(seed), jnp.zeros((1, *fashion_mnist_net.IMAGE_SHAPE)))
   steps_per_epoch = len(images) // _BATCH_SIZE
   tx = optax.adam(optax.warmup_cosine_decay_schedule(
@@ -71,7 +69,7 @@ def train(source_dir: str, seed: int, epochs: int) -> tuple[dict, float]:
       if i % 100 == 0:
         logging.info("epoch %d step %d loss %.4f", epoch, i, float(loss))
 
-  test_images, test_labels = load_split(source_dir, "test")
+  test_images, test_labels = load_split(manual_dir, "test")
   predict = jax.jit(lambda p, x: network.apply(p, fashion_mnist_net.preprocess(x))["logits"])
   predictions = np.concatenate([np.asarray(predict(params, test_images[i:i + 1000])).argmax(-1)
                                 for i in range(0, len(test_images), 1000)])
@@ -80,7 +78,7 @@ def train(source_dir: str, seed: int, epochs: int) -> tuple[dict, float]:
 
 def main(argv: list[str]) -> None:
   del argv
-  params, accuracy = train(_SOURCE_DIR.value, _SEED.value, _EPOCHS.value)
+  params, accuracy = train(_MANUAL_DIR.value, _SEED.value, _EPOCHS.value)
   fashion_mnist_net.save_variables(_OUT.value, params, accuracy)
   print(f"Test accuracy {accuracy:.4f}; wrote {_OUT.value}.")
 

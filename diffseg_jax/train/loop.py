@@ -84,11 +84,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   start = int(state.step)
   write_run_config(config, workdir, start)
 
-  source = data.load_source(config.data)
-  batches = data.train_batches(
-      source, global_batch_size=t.batch_size, seed=config.seed, start_step=start,
-      process_index=jax.process_index(), process_count=jax.process_count(),
-      random_flip=config.data.random_flip)
+  batches = data.train_iterator(config, mesh, start_step=start)
   tx = make_optimizer(config.optim, t.num_steps)
   train_step = make_train_step(model.loss, tx, config.optim.ema_rates, mesh)
   train_key = jax.random.fold_in(jax.random.key(config.seed), 1)
@@ -115,7 +111,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   try:
     for step in range(start + 1, t.num_steps + 1):
       with jax.profiler.StepTraceAnnotation("train", step_num=step):
-        state, metrics = train_step(state, sharding.put_batch(next(batches), mesh), train_key)
+        state, metrics = train_step(state, next(batches), train_key)
       buffer.add(step, metrics)
       progress(step)
       last = step == t.num_steps
@@ -126,6 +122,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       if (t.sample_every and step % t.sample_every == 0) or last:
         write_samples(step)
   finally:  # checkpoints already being written are good: let them finish, even on an error
+    batches.close()
     checkpointer.wait()
     checkpointer.close()
     writer.flush()
