@@ -62,8 +62,11 @@ def test_evaluate_samples_npz_against_the_test_split(train_images, tmp_path):
   assert metrics["is"] == pytest.approx(generative.inception_score(got.logits), rel=1e-6)
   assert (metrics["precision"], metrics["recall"]) == pytest.approx(
       generative.precision_recall(ref.pool, got.pool))
-  # Real images against real images: close, but not identical sets.
-  assert 0 < metrics["fid"] < 5 and metrics["precision"] > 0.5 and metrics["recall"] > 0.5
+  # Real images against real images: close, but not identical sets; far closer than noise.
+  noise = extractor(np.random.default_rng(0).integers(0, 256, train_images.shape, np.uint8))
+  noise_fid = generative.frechet_distance(stats(noise.pool), stats(ref.pool))
+  assert 0 < metrics["fid"] < noise_fid / 50
+  assert metrics["precision"] > 0.5 and metrics["recall"] > 0.5
 
 
 def test_reference_statistics_are_used_and_checked(train_images, tmp_path):
@@ -107,5 +110,6 @@ def test_evaluate_samples_from_the_latest_checkpoint(tmp_path):
   assert set(report["metrics"]) == {"fid", "sfid", "is", "precision", "recall"}
   assert (tmp_path / "samples" / name / f"samples_{NUM}x28x28x1.npz").exists()
   assert (tmp_path / "eval" / f"{name}_fashion_mnist_cnn_v1.json").exists()
-  # Two training steps make noise, far from Fashion-MNIST.
-  assert report["metrics"]["fid"] > 10 and report["metrics"]["precision"] < 0.5
+  # Two training steps make noise, far from Fashion-MNIST: a large FID, and no real image near
+  # the samples (recall; k-NN precision is high for noise, see evaluation/generative.py).
+  assert report["metrics"]["fid"] > 10 and report["metrics"]["recall"] < 0.5
