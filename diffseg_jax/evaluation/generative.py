@@ -206,8 +206,8 @@ def precision_recall(reference: np.ndarray, samples: np.ndarray, k: int = NEARES
     reference vectors inside the sample manifold (a point is inside when its squared distance
     to some vector is at most that vector's radius, :func:`manifold_radii`). Precision can be
     high for samples far from the data (uniform noise against Fashion-MNIST: 0.99 with the
-    Fashion-MNIST net), because outlying reference vectors have large radii; recall and FID
-    are low and high there.
+    Fashion-MNIST net), because outlying reference vectors have large radii; its recall
+    is near 0 and its FID large.
   """
   reference = _check_features(reference, "precision/recall (reference)")
   samples = _check_features(samples, "precision/recall (samples)")
