@@ -116,8 +116,8 @@ def prepare(builder: tfds.core.DatasetBuilder, data_config: ml_collections.Confi
   The project's builders read ``data.manual_dir`` (and never the network); catalogue datasets
   download (or read their own manual folder, e.g. cityscapes). A dataset prepared earlier in
   another file format (TFDS's default is TFRecord) is refused by TFDS when it is opened, with
-  the fix (another ``data.tfds_data_dir``). Several processes: the first
-  prepares, then the others if their ``data.tfds_data_dir`` is not the same shared folder.
+  the fix (another ``data.tfds_data_dir``). Several processes: the first prepares, then the
+  others if their ``data.tfds_data_dir`` is not the same shared folder.
 
   Raises:
     FileNotFoundError: the manual files are missing (naming them and where to get them).
@@ -133,14 +133,12 @@ def prepare(builder: tfds.core.DatasetBuilder, data_config: ml_collections.Confi
                  builder.data_dir)
     download_config = tfds.download.DownloadConfig(
         manual_dir=data_config.manual_dir or None, try_download_gcs=not manual)
-    if manual:
-      builder.download_and_prepare(download_config=download_config,
-                                   file_format="array_record")
-      return
     try:
       builder.download_and_prepare(download_config=download_config,
                                    file_format="array_record")
     except Exception as e:  # pylint: disable=broad-except  (network errors of many kinds)
+      if manual:
+        raise
       raise RuntimeError(
           f"Could not prepare {builder.name} from the TFDS catalogue in {builder.data_dir}: "
           f"{e}. Catalogue datasets download once (or read the manual folder their TFDS page "
