@@ -59,7 +59,7 @@ class CamvidSegnet(common.ManualBuilder):
     return self.dataset_info_from_configs(
         features=tfds.features.FeaturesDict({
             "image": tfds.features.Image(shape=(360, 480, 3)),
-            "mask": tfds.features.Image(shape=(360, 480, 1), encoding_format="png"),
+            "mask": common.mask_feature(360, 480),
             "file_name": tfds.features.Text(),
         }),
         description=f"CamVid (SegNet): classes {', '.join(CLASSES)}; void = "

@@ -104,9 +104,9 @@ def encode_png(array: np.ndarray) -> bytes:
   return buffer.getvalue()
 
 
-def mask_feature() -> tfds.features.Image:
-  """A variable-size single-channel class-id map, stored as PNG."""
-  return tfds.features.Image(shape=(None, None, 1), encoding_format="png")
+def mask_feature(height: int | None = None, width: int | None = None) -> tfds.features.Image:
+  """A single-channel class-id map, stored as PNG; ``None`` sizes vary per example."""
+  return tfds.features.Image(shape=(height, width, 1), encoding_format="png")
 
 
 def segmentation_example(image_path: pathlib.Path, mode: str, mask_path: pathlib.Path,

@@ -68,7 +68,7 @@ class Isbi2012(common.ManualBuilder):
     return self.dataset_info_from_configs(
         features=tfds.features.FeaturesDict({
             "image": tfds.features.Image(shape=(512, 512, 1)),
-            "mask": tfds.features.Image(shape=(512, 512, 1), encoding_format="png"),
+            "mask": common.mask_feature(512, 512),
             "file_name": tfds.features.Text(),
         }),
         description="ISBI 2012 EM membranes; mask 1 = membrane, 0 = cell interior.",
