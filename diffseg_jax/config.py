@@ -15,6 +15,9 @@ def base_config() -> ml_collections.ConfigDict:
   """Returns the schema with defaults: an unconditional DDPM on Fashion-MNIST."""
   c = ml_collections.ConfigDict()
   c.seed = 0
+  # generation (diffseg_jax.methods.generation) | segdiff | supervised
+  # (diffseg_jax.methods.segmentation: masks of data.mask_classes classes)
+  c.method = "generation"
 
   c.data = ml_collections.ConfigDict()  # see diffseg_jax/data/input_pipeline.py
   # A TFDS name: this project's builders (diffseg_jax/data/builders: fashion_mnist_idx,
@@ -91,6 +94,23 @@ def base_config() -> ml_collections.ConfigDict:
   c.sample.ema_index = 0  # which of optim.ema_rates to sample with; -1: raw params
   c.sample.class_label = -1  # class-conditional models: -1 cycles through the classes
 
+  c.segdiff = ml_collections.ConfigDict()  # methods segdiff and supervised
+  c.segdiff.rrdb_blocks = 3  # RRDBs in the image encoder's trunk
+  c.segdiff.rrdb_features = 64  # the image encoder's width
+  c.segdiff.rrdb_growth = 32  # dense-block growth channels
+  c.segdiff.mask_encoding = "auto"  # auto (binary if 2 classes, else onehot) | binary | onehot | bits
+
+  c.segment = ml_collections.ConfigDict()  # inference of segmentation methods
+  c.segment.sampler = "ddpm"  # ddpm | ddim
+  c.segment.steps = 0  # respaced sampling steps; 0: all diffusion.num_timesteps
+  c.segment.eta = 0.0  # DDIM noise scale
+  c.segment.ensemble = 9  # masks sampled per image (SegDiff: 9)
+  c.segment.batch_size = 4  # images per call (each with its ensemble)
+  c.segment.patch_size = 0  # > 0: segment in overlapping windows of this size; 0: whole images
+  c.segment.patch_stride = 0  # window step; 0: half a window
+  c.segment.num_images = 0  # images of data.eval_split to segment / evaluate; 0: all
+  c.segment.ema_index = 0  # which of optim.ema_rates; -1: raw params
+
   c.evaluate = ml_collections.ConfigDict()  # --mode=evaluate (diffseg_jax.evaluation)
   c.evaluate.features = "fashion_mnist"  # fashion_mnist (packaged, 28x28 grey) | inception
   c.evaluate.inception_weights = ""  # pytorch-fid's pt_inception-2015-12-05-6726825d.pth
@@ -151,15 +171,22 @@ _CHOICES = {
     "sample.sampler": ("ddpm", "ddim"),
     "data.crop": ("none", "center", "random"),
     "evaluate.features": ("fashion_mnist", "inception"),
+    "method": ("generation", "segdiff", "supervised"),
+    "segment.sampler": ("ddpm", "ddim"),
+    "segdiff.mask_encoding": ("auto", "binary", "onehot", "bits"),
 }
 # Keys that must be integers >= 0, and what 0 means for each.
 _ZERO_MEANS = {"data.mask_classes": "no masks", "data.resize": "keep the size",
                "data.eval_batch_size": "train.batch_size", "data.prefetch": "no prefetching",
-               "evaluate.num_reference": "every reference image"}
+               "evaluate.num_reference": "every reference image",
+               "segment.steps": "all diffusion.num_timesteps",
+               "segment.patch_size": "whole images", "segment.patch_stride": "half a window",
+               "segment.num_images": "the whole split", "segdiff.rrdb_blocks": "no RRDBs"}
 _POSITIVE = ("data.image_size", "data.channels", "train.batch_size", "train.num_steps",
              "train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "train.num_sample_images", "sample.num_images",
              "sample.batch_size", "evaluate.num_samples", "evaluate.batch_size",
-             "evaluate.nearest_k", "evaluate.is_split_size")
+             "evaluate.nearest_k", "evaluate.is_split_size", "segment.ensemble",
+             "segment.batch_size", "segdiff.rrdb_features", "segdiff.rrdb_growth")
 
 
 def _value_errors(config: ml_collections.ConfigDict) -> list[str]:
@@ -209,6 +236,42 @@ def _value_errors(config: ml_collections.ConfigDict) -> list[str]:
     errors.append(f"diffusion.model_var_type={var_type!r} needs a model that outputs its "
                   "variance: set diffusion.learn_sigma=True (and leave model_var_type at "
                   f"{default_var_type!r}) instead.")
+  errors += _segmentation_errors(flat)
+  return errors
+
+
+def _segmentation_errors(flat: dict[str, object]) -> list[str]:
+  """Lines for settings of the segmentation methods that do not fit together."""
+  if flat["method"] == "generation":
+    return []
+  errors = []
+  method, classes = flat["method"], flat["data.mask_classes"]
+  if classes < 2:
+    errors.append(f"method={method!r} segments masks: set data.mask_classes to the number of "
+                  f"classes (>= 2; 2 for binary masks), not {classes}.")
+  elif flat["segdiff.mask_encoding"] == "binary" and classes != 2:
+    errors.append(f"segdiff.mask_encoding='binary' needs data.mask_classes=2, not {classes}; "
+                  "use 'onehot', 'bits' or 'auto'.")
+  if flat["model.class_cond"]:
+    errors.append(f"model.class_cond=True does not apply to method={method!r} (the image, not "
+                  "a label, conditions the masks); set it to False.")
+  if flat["diffusion.learn_sigma"]:
+    errors.append(f"diffusion.learn_sigma=True is not supported by method={method!r} (SegDiff "
+                  "trains the MSE only); set it to False.")
+  if flat["segment.steps"] > flat["diffusion.num_timesteps"]:
+    errors.append(f"segment.steps={flat['segment.steps']!r} is more than the schedule's "
+                  f"{flat['diffusion.num_timesteps']} steps (diffusion.num_timesteps); use "
+                  f"1..{flat['diffusion.num_timesteps']}, or 0 for all.")
+  if flat["segment.patch_stride"] > flat["segment.patch_size"]:
+    errors.append(f"segment.patch_stride={flat['segment.patch_stride']!r} must be at most "
+                  f"segment.patch_size={flat['segment.patch_size']!r} (windows must overlap "
+                  "or touch).")
+  if not 0.0 <= flat["segment.eta"] <= 1.0:
+    errors.append(f"segment.eta={flat['segment.eta']!r} must be in [0, 1].")
+  num_ema = len(flat["optim.ema_rates"])
+  if not -1 <= flat["segment.ema_index"] < num_ema:
+    errors.append(f"segment.ema_index={flat['segment.ema_index']!r} must be in "
+                  f"-1..{num_ema - 1} (-1: raw parameters).")
   return errors
 
 

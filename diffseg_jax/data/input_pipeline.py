@@ -300,22 +300,27 @@ def eval_batches(source: Source, *, global_batch_size: int, process_index: int =
     yield batch
 
 
-def read_split(data_config: ml_collections.ConfigDict, split: str,
-               limit: int = 0) -> dict[str, np.ndarray]:
+def read_split(data_config: ml_collections.ConfigDict, split: str, limit: int = 0,
+               transform: Callable[[dict], dict] | None = None) -> dict[str, np.ndarray]:
   """The first ``limit`` examples of ``split`` (all if 0) in memory, in order, as evaluated.
 
-  For reference sets and small tools: ``{"image": uint8 [N, S, S, C], "label": int32 [N]}``
-  (``label`` where the dataset has labels), each image preprocessed as the evaluation pass
-  does (centre crops, no flips), ``S = data.image_size``.
+  For reference sets, segmentation evaluation and small tools: ``{"image": uint8
+  [N, S, S, C], "label": int32 [N], "mask": uint8 [N, S, S]}`` (``label`` and ``mask`` where
+  the dataset has them; ``mask`` only with ``data.mask_classes``), each example preprocessed
+  as the evaluation pass does (centre crops, no flips, ``S = data.image_size``) or by
+  ``transform`` (then every result must have the same size).
   """
   source = load_source(data_config, split)
   count = min(len(source), limit) if limit else len(source)
-  transform = preprocessing(data_config)
-  examples = [preprocess.apply(_squeeze_mask(e), transform, None)
-              for e in _fetch(source, np.arange(count))]
+  if transform is None:
+    eval_transform = preprocessing(data_config)
+    transform = lambda e: preprocess.apply(e, eval_transform, None)  # pylint: disable=unnecessary-lambda-assignment
+  examples = [transform(_squeeze_mask(e)) for e in _fetch(source, np.arange(count))]
   out = {"image": np.stack([e["image"] for e in examples]).astype(np.uint8)}
   if "label" in examples[0]:
     out["label"] = np.asarray([e["label"] for e in examples], np.int32)
+  if data_config.mask_classes:
+    out["mask"] = collate(examples, data_config.mask_classes)["mask"].astype(np.uint8)
   return out
 
 

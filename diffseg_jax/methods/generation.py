@@ -68,7 +68,7 @@ def make_diffusion(config: ml_collections.ConfigDict,
       use_timesteps=use_timesteps)
 
 
-def _ddim_respacing(num_timesteps: int, steps: int) -> str:
+def ddim_respacing(num_timesteps: int, steps: int) -> str:
   """DDIM's "ddimN" respacing, or section-count respacing "N" when no integer stride gives
   exactly N of ``num_timesteps`` steps (e.g. 300 of 1000)."""
   try:
@@ -145,7 +145,7 @@ class GenerationModel:
     if steps in (0, total):
       respacing = ""
     elif sampler == "ddim":
-      respacing = _ddim_respacing(total, steps)
+      respacing = ddim_respacing(total, steps)
     else:
       respacing = str(steps)
     gd = make_diffusion(self.config, respacing)

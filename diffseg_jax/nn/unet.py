@@ -374,12 +374,21 @@ class _ADMTrunk(nn.Module):
     return self.time_embed_2(nn.silu(self.time_embed_0(emb)))
 
   def _encode(
-      self, h: jax.Array, emb: jax.Array, train: bool
+      self, h: jax.Array, emb: jax.Array, train: bool, stem_features: jax.Array | None = None
   ) -> tuple[jax.Array, list[jax.Array]]:
-    """Runs input and middle blocks; returns the middle output and every input block's output."""
+    """Runs input and middle blocks; returns the middle output and every input block's output.
+
+    ``stem_features`` (optional, ``[B, H, W, width of level 0]``) are added to the stem conv's
+    output, before it is kept as a skip connection (SegDiff's image conditioning).
+    """
     skips = []
-    for layers in self.input_blocks:
+    for index, layers in enumerate(self.input_blocks):
       h = _apply_block(layers, h, emb, train)
+      if index == 0 and stem_features is not None:
+        if stem_features.shape != h.shape:
+          raise ValueError(f"expected stem_features of shape {h.shape}, got "
+                           f"{stem_features.shape}.")
+        h = h + stem_features.astype(h.dtype)
       skips.append(h)
     return _apply_block(self.middle_block, h, emb, train), skips
 
@@ -465,6 +474,7 @@ class UNetModel(_ADMTrunk):
       *,
       train: bool = False,
       return_features: bool = False,
+      stem_features: jax.Array | None = None,
   ) -> jax.Array | tuple[jax.Array, list[jax.Array]]:
     """Predicts the model output for noisy images.
 
@@ -477,6 +487,8 @@ class UNetModel(_ADMTrunk):
         ``concat_channels > 0``.
       train: enables dropout (needs a ``"dropout"`` rng).
       return_features: also return every decoder block's output.
+      stem_features: ``[B, H, W, int(channel_mult[0] * model_channels)]`` features added to
+        the stem conv's output (SegDiff: the image encoder's output).
 
     Returns:
       ``[B, H, W, out_channels]`` float32, and with ``return_features`` also the list of
@@ -486,7 +498,7 @@ class UNetModel(_ADMTrunk):
     h = self._model_input(x, concat)
     emb = self._embedding(timesteps, y, x.shape[0])
     self.sow("intermediates", "emb", emb)
-    h, skips = self._encode(h.astype(self.dtype), emb, train)
+    h, skips = self._encode(h.astype(self.dtype), emb, train, stem_features)
     features = []
     for layers in self.output_blocks:
       h = _apply_block(layers, jnp.concatenate([h, skips.pop()], axis=-1), emb, train)

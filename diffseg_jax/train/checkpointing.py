@@ -22,7 +22,8 @@ from diffseg_jax import files
 CONFIG_FILE = "config.json"
 # Config entries (sections or dotted keys) a resumed or sampled run must share with the run
 # that wrote the checkpoints: they define the model, its diffusion and the data it models.
-RESUME_KEYS = ("model", "diffusion", "data.image_size", "data.channels", "data.num_classes")
+RESUME_KEYS = ("method", "model", "diffusion", "segdiff", "data.image_size", "data.channels",
+               "data.num_classes", "data.mask_classes")
 
 
 def _key_name(key) -> str:

@@ -3,9 +3,9 @@
 Resumes from the newest checkpoint in ``workdir`` (if ``<workdir>/config.json``, written by the
 first run, agrees on the model, diffusion and data shape), logs to TensorBoard and the console
 (steps/s and ETA), checkpoints every ``train.checkpoint_every`` steps, writes a grid of samples
-(PNG and TensorBoard; the ``sample.*`` settings and weights) every ``train.sample_every`` steps
-and at the end, and stops at the first non-finite loss without writing a checkpoint of the bad
-state.
+(PNG and TensorBoard; the ``sample.*`` settings and weights), or for segmentation methods a
+panel of segmented evaluation images, every ``train.sample_every`` steps and at the end, and
+stops at the first non-finite loss without writing a checkpoint of the bad state.
 """
 
 import pathlib
@@ -21,9 +21,11 @@ from diffseg_jax import config as config_lib
 from diffseg_jax import data
 from diffseg_jax import files
 from diffseg_jax import images as image_io
+from diffseg_jax import methods
 from diffseg_jax.generate import ImageSampler
 from diffseg_jax.generate import sampling_params
-from diffseg_jax.methods.generation import GenerationModel
+from diffseg_jax.segment import Segmenter
+from diffseg_jax.segment import panel as segment_panel
 from diffseg_jax.train import sharding
 from diffseg_jax.train.checkpointing import Checkpointer
 from diffseg_jax.train.checkpointing import write_run_config
@@ -61,6 +63,35 @@ class _MetricBuffer:
     return {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0] if k != "finite"}
 
 
+def _make_preview(config: ml_collections.ConfigDict, model, mesh):
+  """``preview(state) -> (name, uint8 picture)`` written during training: a grid of
+  ``train.num_sample_images`` samples ("samples"), or for segmentation methods the panel of
+  as many evaluation images, centre-cropped, segmented with the ``segment.*`` settings
+  ("segmentations"; ``segment.patch_size`` is not used)."""
+  t = config.train
+  key = jax.random.fold_in(jax.random.key(config.seed), 2)
+  if config.method == "generation":
+    sampler = ImageSampler(model, config.sample, mesh)
+
+    def sample_grid(state):
+      params = sampling_params(state, config.sample.ema_index)
+      images, _ = sampler(params, key, t.num_sample_images, t.num_sample_images)
+      return "samples", image_io.grid(images)
+
+    return sample_grid
+  examples = data.read_split(config.data, config.data.eval_split, t.num_sample_images)
+  segment_config = config.segment.copy_and_resolve_references()
+  segment_config.patch_size = 0
+  segmenter = Segmenter(model, segment_config, mesh)
+
+  def segmentation_panel(state):
+    predictions = segmenter(sampling_params(state, config.segment.ema_index),
+                            examples["image"], key)
+    return "segmentations", segment_panel(examples, predictions, config.data.mask_classes)
+
+  return segmentation_panel
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   """Trains the model of ``config``, resuming from ``workdir`` if it holds a checkpoint.
 
@@ -73,7 +104,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   mesh = sharding.make_mesh()
   t = config.train
   sharding.check_batch_size(t.batch_size, mesh)
-  model = GenerationModel(config)
+  model = methods.make_model(config)
 
   checkpointer = Checkpointer(workdir, t.keep_checkpoints)
   if checkpointer.latest_step() is None:
@@ -88,8 +119,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   tx = make_optimizer(config.optim, t.num_steps)
   train_step = make_train_step(model.loss, tx, config.optim.ema_rates, mesh)
   train_key = jax.random.fold_in(jax.random.key(config.seed), 1)
-  sampler = ImageSampler(model, config.sample, mesh)
-  sample_key = jax.random.fold_in(jax.random.key(config.seed), 2)
+  preview = _make_preview(config, model, mesh)
 
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   if start == 0:
@@ -101,12 +131,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                config.data.name, t.num_steps, mesh.size, t.batch_size)
 
   def write_samples(step: int) -> None:
-    params = sampling_params(state, config.sample.ema_index)
-    images, _ = sampler(params, sample_key, t.num_sample_images, t.num_sample_images)
-    grid = image_io.grid(images)
+    name, picture = preview(state)
     if jax.process_index() == 0:
-      files.write_png(workdir / "samples" / f"step_{step:07d}.png", grid)
-    writer.write_images(step, {"samples": grid[None]})
+      files.write_png(workdir / name / f"step_{step:07d}.png", picture)
+    writer.write_images(step, {name: picture[None]})
 
   try:
     for step in range(start + 1, t.num_steps + 1):

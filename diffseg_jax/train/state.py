@@ -87,12 +87,13 @@ def restore_state(config, model, workdir: str, mesh,
     own.close()
 
 
-def restore_sampling_params(config, model, workdir: str, mesh) -> tuple[int, Params]:
+def restore_sampling_params(config, model, workdir: str, mesh,
+                            ema_index: int | None = None) -> tuple[int, Params]:
   """The step of the newest checkpoint in ``workdir`` and the parameters to sample with.
 
-  Reads only the step and the parameters ``config.sample.ema_index`` selects (the raw
-  parameters for -1, else that EMA), replicated over ``mesh``; the optimiser state is not read,
-  so the optimiser config need not match the one the run was trained with.
+  Reads only the step and the parameters ``ema_index`` (default ``config.sample.ema_index``)
+  selects (the raw parameters for -1, else that EMA), replicated over ``mesh``; the optimiser
+  state is not read, so the optimiser config need not match the one the run was trained with.
 
   Raises:
     FileNotFoundError: no checkpoint yet.
@@ -104,14 +105,14 @@ def restore_sampling_params(config, model, workdir: str, mesh) -> tuple[int, Par
   step = jax.ShapeDtypeStruct((), jnp.int32, sharding=sharding.replicated(mesh))
   checkpointer = Checkpointer(workdir, config.train.keep_checkpoints)
   try:
-    index = config.sample.ema_index
+    index = config.sample.ema_index if ema_index is None else ema_index
     if index < 0:
       restored = checkpointer.restore_entries({"step": step, "params": params})
       return int(restored["step"]), restored["params"]
     num_ema = len(checkpointer.saved_structure()["ema_params"])
     if index >= num_ema:
       raise ValueError(
-          f"sample.ema_index={index}, but the checkpoint in {checkpointer.directory} holds "
+          f"EMA index {index} (sample/segment.ema_index), but the checkpoint in {checkpointer.directory} holds "
           f"{num_ema} EMA(s); use 0..{num_ema - 1}, or -1 for the raw parameters.")
     restored = checkpointer.restore_entries({"step": step, "ema_params": (params,) * num_ema})
     return int(restored["step"]), restored["ema_params"][index]
