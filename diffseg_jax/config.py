@@ -67,7 +67,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim = ml_collections.ConfigDict()
   c.optim.learning_rate = 1e-4
   c.optim.warmup_steps = 0
-  c.optim.schedule = "constant"  # constant | cosine (decay to 0 at train.num_steps)
+  c.optim.schedule = "constant"  # constant | cosine (decay to 0 at optim.decay_steps)
+  c.optim.decay_steps = 0  # where the cosine reaches 0; 0: train.num_steps
   c.optim.weight_decay = 0.0
   c.optim.b1 = 0.9
   c.optim.b2 = 0.999
@@ -109,6 +110,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.segment.patch_size = 0  # > 0: segment in overlapping windows of this size; 0: whole images
   c.segment.patch_stride = 0  # window step; 0: half a window
   c.segment.num_images = 0  # images of data.eval_split to segment / evaluate; 0: all
+  # True: whole images, the shorter side resized to data.resize (when set); False: the
+  # evaluation pass's centre crops of data.image_size
+  c.segment.whole_images = True
   c.segment.ema_index = 0  # which of optim.ema_rates; -1: raw params
 
   c.evaluate = ml_collections.ConfigDict()  # --mode=evaluate (diffseg_jax.evaluation)
@@ -181,7 +185,8 @@ _ZERO_MEANS = {"data.mask_classes": "no masks", "data.resize": "keep the size",
                "evaluate.num_reference": "every reference image",
                "segment.steps": "all diffusion.num_timesteps",
                "segment.patch_size": "whole images", "segment.patch_stride": "half a window",
-               "segment.num_images": "the whole split", "segdiff.rrdb_blocks": "no RRDBs"}
+               "segment.num_images": "the whole split", "segdiff.rrdb_blocks": "no RRDBs",
+               "optim.decay_steps": "train.num_steps"}
 _POSITIVE = ("data.image_size", "data.channels", "train.batch_size", "train.num_steps",
              "train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "train.num_sample_images", "sample.num_images",
              "sample.batch_size", "evaluate.num_samples", "evaluate.batch_size",

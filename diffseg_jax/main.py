@@ -1,7 +1,7 @@
 r"""Command-line entrypoint.
 
   python -m diffseg_jax.main --config=configs/quickstart.py --workdir=/tmp/quickstart \
-      [--mode=train|sample|evaluate] [--config.train.num_steps=2000] [--config.sample.steps=25]
+      [--mode=train|sample|segment|evaluate] [--config.train.num_steps=2000] [--config.sample.steps=25]
 
 ``train`` trains (resuming from the newest checkpoint in the workdir) and writes sample grids;
 ``sample`` draws ``sample.num_images`` images from the newest checkpoint into
@@ -9,7 +9,10 @@ r"""Command-line entrypoint.
 in the ADM evaluator's format; ``evaluate`` computes FID, sFID, IS, precision and recall of
 ``evaluate.num_samples`` samples (or of ``evaluate.samples_npz``) against a reference set with
 the ``evaluate.features`` extractor, into TensorBoard and ``<workdir>/eval/*.json``
-(``diffseg_jax.evaluation.evaluate``). On several hosts, pass ``--distributed`` to call
+(``diffseg_jax.evaluation.evaluate``). For the segmentation methods (``method=segdiff`` or
+``supervised``), ``segment`` writes masks, class probabilities and uncertainty maps of the
+evaluation split (``diffseg_jax.segment``) and ``evaluate`` scores them: Dice, IoU per class,
+calibration, uncertainty AUROC, seconds per image (``diffseg_jax.evaluation.segmentation_eval``). On several hosts, pass ``--distributed`` to call
 ``jax.distributed.initialize()`` first.
 
 On Linux, the command restarts itself once with glibc's transparent-huge-page tunable
@@ -34,13 +37,16 @@ from absl import logging
 from ml_collections import config_flags
 
 from diffseg_jax import config as config_lib
-from diffseg_jax.evaluation.evaluate import evaluate_and_save
+from diffseg_jax.evaluation import evaluate as generative_evaluation
+from diffseg_jax.evaluation import segmentation_eval
 from diffseg_jax.generate import sample_and_save
+from diffseg_jax.segment import segment_and_save
 from diffseg_jax.train.loop import train_and_evaluate
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples.")
-flags.DEFINE_enum("mode", "train", ["train", "sample", "evaluate"], "What to do.")
+flags.DEFINE_enum("mode", "train", ["train", "sample", "segment", "evaluate"],
+                  "What to do: sample for generation methods, segment for segmentation ones.")
 flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host runs).")
 config_flags.DEFINE_config_file("config", None, "Path to a config file in configs/.",
                                 lock_config=True)
@@ -68,12 +74,21 @@ def main(argv: list[str]) -> None:
                jax.process_index(), jax.process_count(), jax.local_device_count(),
                jax.device_count(), jax.devices()[0].platform,
                "on" if platform.huge_pages_enabled() else "off")
+  generation = FLAGS.config.method == "generation"
+  if FLAGS.mode in ("sample", "segment") and (FLAGS.mode == "sample") != generation:
+    raise app.UsageError(f"--mode={FLAGS.mode} does not apply to method="
+                         f"{FLAGS.config.method!r}; use --mode="
+                         f"{'sample' if generation else 'segment'}.")
   if FLAGS.mode == "train":
     train_and_evaluate(FLAGS.config, FLAGS.workdir)
   elif FLAGS.mode == "sample":
     sample_and_save(FLAGS.config, FLAGS.workdir)
+  elif FLAGS.mode == "segment":
+    segment_and_save(FLAGS.config, FLAGS.workdir)
+  elif generation:
+    generative_evaluation.evaluate_and_save(FLAGS.config, FLAGS.workdir)
   else:
-    evaluate_and_save(FLAGS.config, FLAGS.workdir)
+    segmentation_eval.evaluate_and_save(FLAGS.config, FLAGS.workdir)
 
 
 def check_overrides(argv: list[str]) -> None:

@@ -1,8 +1,8 @@
 """The ``segment`` mode: masks and uncertainty maps for a split, from the latest checkpoint.
 
-Images are segmented at their evaluation resolution (:func:`eval_transform`: the shorter side
-resized to ``data.resize`` when set, else as the evaluation pass preprocesses them), whole or in
-windows of ``segment.patch_size``. Writes ``<workdir>/segment/<run>/`` (:func:`segment_dir`):
+Images are segmented at their evaluation resolution (:func:`eval_transform`: with
+``segment.whole_images``, the shorter side resized to ``data.resize`` when set, else as the
+evaluation pass preprocesses them), whole or in windows of ``segment.patch_size``. Writes ``<workdir>/segment/<run>/`` (:func:`segment_dir`):
 ``predictions.npz`` (``mask`` uint8 [N, H, W], ``probs`` float16 [N, H, W, K], ``variance``
 and ``entropy`` float16 [N, H, W]) and ``panels.png`` (image, ground truth, prediction,
 uncertainty for the first 16 images).
@@ -29,11 +29,11 @@ from diffseg_jax.train.state import restore_sampling_params
 _PANEL_IMAGES = 16
 
 
-def eval_transform(data_config: ml_collections.ConfigDict):
-  """Example -> example at evaluation resolution: shorter side to ``data.resize`` (aspect
-  kept, no crop) when set; else the evaluation pass's preprocessing (square
-  ``data.image_size``)."""
-  if not data_config.resize:
+def eval_transform(data_config: ml_collections.ConfigDict, whole_images: bool = True):
+  """Example -> example at evaluation resolution: with ``whole_images`` and ``data.resize``
+  set, the shorter side resized to it (aspect kept, no crop); else the evaluation pass's
+  preprocessing (square ``data.image_size``, centre crops)."""
+  if not (whole_images and data_config.resize):
     p = data.preprocessing(data_config)
     return lambda e: preprocess.apply(e, p, None)
 
@@ -51,7 +51,7 @@ def read_eval_set(config: ml_collections.ConfigDict, split: str | None = None,
   evaluation resolution."""
   limit = config.segment.num_images if limit is None else limit
   return data.read_split(config.data, split or config.data.eval_split, limit,
-                         transform=eval_transform(config.data))
+                         transform=eval_transform(config.data, config.segment.whole_images))
 
 
 class Segmenter:

@@ -81,11 +81,16 @@ def test_camvid_test_split_classes_and_void(data_dir, tfds_dir):
   config = _data_config("camvid_segnet", root, tfds_dir, channels=3, mask_classes=11)
   test = input_pipeline.load_source(config, "test")
   assert len(test) == 233
-  with pytest.raises(ValueError, match=r"Unknown split 'train'. Should be one of \['test'\]"):
+  with pytest.raises(ValueError, match=r"Unknown split 'train'. Should be one of \["):
     input_pipeline.load_source(config, "train")  # train/ is not in the data folder
   names = _file_names(config, "test")
   sequences = collections.Counter(pathlib.Path(n).name.split("_")[0] for n in names)
   assert sequences == {"0001TP": 62, "Seq05VD": 171}
+  for sequence, count in sequences.items():  # the per-sequence splits hold exactly its frames
+    split_names = _file_names(config, f"test_{sequence.lower()}")
+    assert len(split_names) == count
+    assert {n for n in names if pathlib.Path(n).name.startswith(sequence + "_")} == set(
+        split_names)
   counts = np.zeros(256, np.int64)
   for e in _all(test):
     assert e["image"].shape == (360, 480, 3) and e["image"].dtype == np.uint8

