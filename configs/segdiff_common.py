@@ -96,5 +96,6 @@ def reference_config(method: str, *, image_size: int, rrdb_blocks: int, dropout:
   config.segment.sampler = "ddpm"
   config.segment.steps = 0  # all 100
   config.segment.ensemble = 9
+  config.segment.clip_denoised = False  # sampling_util.py: clip_denoised=False
   config.segment.ema_index = 0
   return config

@@ -105,6 +105,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.segment.sampler = "ddpm"  # ddpm | ddim
   c.segment.steps = 0  # respaced sampling steps; 0: all diffusion.num_timesteps
   c.segment.eta = 0.0  # DDIM noise scale
+  c.segment.clip_denoised = True  # clip each step's predicted mask to [-1, 1]
   c.segment.ensemble = 9  # masks sampled per image (SegDiff: 9)
   c.segment.batch_size = 4  # images per call (each with its ensemble)
   c.segment.patch_size = 0  # > 0: segment in overlapping windows of this size; 0: whole images

@@ -32,8 +32,9 @@ def score(targets: np.ndarray, predictions: dict[str, np.ndarray],
     num_classes: K.
 
   Returns:
-    ``dice`` and ``iou`` (binary: of class 1; else the means over classes present, also as
-    ``mean_dice`` / ``miou``), per-class ``dice_per_class`` / ``iou_per_class`` (NaN for an
+    ``dice`` and ``iou`` (binary: of class 1 over all pixels, and their means over images
+    as ``image_mean_dice`` / ``image_mean_iou``, as SegDiff reports; else the means over
+    classes present, also as ``mean_dice`` / ``miou``), per-class ``dice_per_class`` / ``iou_per_class`` (NaN for an
     absent class), ``pixel_accuracy``, ``ece`` (15 bins, of the predicted class), and
     ``auroc_variance`` / ``auroc_entropy``: how well each uncertainty ranks erroneous pixels
     above correct ones (NaN when the uncertainty is constant, e.g. the variance of one sample,
@@ -51,6 +52,10 @@ def score(targets: np.ndarray, predictions: dict[str, np.ndarray],
   }
   if num_classes == 2:
     out["dice"], out["iou"] = float(overlap["dice"][1]), float(overlap["iou"][1])
+    per_image = [metrics.overlap_scores(p, t, 2, IGNORE_ID)
+                 for p, t in zip(predictions["mask"], targets)]
+    out["image_mean_dice"] = float(np.nanmean([s["dice"][1] for s in per_image]))
+    out["image_mean_iou"] = float(np.nanmean([s["iou"][1] for s in per_image]))
   else:
     out["dice"], out["iou"] = overlap["mean_dice"], overlap["mean_iou"]
   valid = targets != IGNORE_ID

@@ -118,7 +118,8 @@ class SegDiffModel:
 
   def segment(self, params: Params, images: jax.Array, key: jax.Array, *, steps: int = 0,
               sampler: str = "ddpm", ensemble: int = 9, eta: float = 0.0,
-              return_members: bool = False) -> dict[str, jax.Array]:
+              clip_denoised: bool = True, return_members: bool = False
+              ) -> dict[str, jax.Array]:
     """Segments ``images`` by sampling ``ensemble`` masks for each (one batched call).
 
     Args:
@@ -131,6 +132,7 @@ class SegDiffModel:
       sampler: "ddpm" or "ddim".
       ensemble: masks sampled per image, >= 1 (SegDiff: 9).
       eta: DDIM's noise scale.
+      clip_denoised: clip the predicted mask to [-1, 1] at each step (SegDiff: no).
       return_members: also return ``member_probs`` float32 [E, B, H, W, K].
 
     Returns:
@@ -147,10 +149,11 @@ class SegDiffModel:
     shape = (ensemble * batch, *images.shape[1:3], self.mask_channels)
     kwargs = {"image_features": features}
     if sampler == "ddpm":
-      x0 = diffusion.ddpm_sample(gd, self._model_fn, params, key, shape, model_kwargs=kwargs)
+      x0 = diffusion.ddpm_sample(gd, self._model_fn, params, key, shape, model_kwargs=kwargs,
+                                 clip_denoised=clip_denoised)
     else:
       x0 = diffusion.ddim_sample(gd, self._model_fn, params, key, shape, eta=eta,
-                                 model_kwargs=kwargs)
+                                 model_kwargs=kwargs, clip_denoised=clip_denoised)
     members = mask_lib.class_probabilities(x0, self.num_classes, self.encoding)
     members = members.reshape(ensemble, batch, *members.shape[1:])
     out = mask_lib.combine_members(members)
@@ -310,7 +313,8 @@ def segmenter(model: SegDiffModel | SupervisedModel,
   """
   s = segment_config
   run = functools.partial(model.segment, steps=s.steps, sampler=s.sampler,
-                          ensemble=s.ensemble, eta=s.eta, return_members=True)
+                          ensemble=s.ensemble, eta=s.eta, clip_denoised=s.clip_denoised,
+                          return_members=True)
   if not s.patch_size:
     return run
   patch = s.patch_size
