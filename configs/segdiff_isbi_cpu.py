@@ -52,6 +52,9 @@ def get_config(method: str = "segdiff"):
 
   config.diffusion.num_timesteps = 100
   config.diffusion.beta_schedule = "linear"
+  # SegDiff predicts the noise; at this budget that leaves the image unused at high noise
+  # (experiments/segdiff/README.md), so the network predicts the mask itself.
+  config.diffusion.model_mean_type = "x0"
 
   config.optim.learning_rate = 2e-4
   config.optim.warmup_steps = 100

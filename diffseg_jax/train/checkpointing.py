@@ -49,10 +49,12 @@ def structure_differences(saved_tree, target_tree) -> list[str]:
 
 
 def _resume_entries(config: dict[str, Any]) -> dict[str, Any]:
-  """The :data:`RESUME_KEYS` leaves of a config dict, as JSON values (tuples become lists)."""
+  """The :data:`RESUME_KEYS` leaves of a config dict, as JSON values (tuples become lists);
+  without ``diffusion`` for the supervised segmenter, which has none."""
   flat = config_lib.flatten(ml_collections.ConfigDict(config))
+  keys = [k for k in RESUME_KEYS if not (k == "diffusion" and flat.get("method") == "supervised")]
   chosen = {k: v for k, v in flat.items()
-            if any(k == key or k.startswith(key + ".") for key in RESUME_KEYS)}
+            if any(k == key or k.startswith(key + ".") for key in keys)}
   return json.loads(json.dumps(chosen, default=str))
 
 
