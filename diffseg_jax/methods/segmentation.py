@@ -38,8 +38,7 @@ def make_network(config: ml_collections.ConfigDict, out_channels: int) -> SegDif
   data, s = config.data, config.segdiff
   mask_channels = mask_lib.num_channels(s.mask_encoding, data.mask_classes)
   unet_config = config.copy_and_resolve_references()
-  with unet_config.unlocked():
-    unet_config.data.channels = mask_channels
+  unet_config.data.channels = mask_channels  # the U-Net's input is the mask
   unet = generation.make_unet(unet_config).clone(out_channels=out_channels, parent=None)
   encoder = RRDBEncoder(out_channels=int(config.model.channel_mult[0]
                                          * config.model.model_channels),
@@ -101,7 +100,8 @@ class SegDiffModel:
     t = jax.random.randint(t_key, (x0.shape[0],), 0, self.diffusion.num_timesteps)
     noise = jax.random.normal(noise_key, x0.shape, jnp.float32)
     x_t = self.diffusion.q_sample(x0, t, noise)
-    output = self.network.apply({"params": params}, x_t, t, batch["image"], train=True,
+    output = self.network.apply({"params": params}, x_t, self.diffusion.model_timesteps(t),
+                                batch["image"], train=True,
                                 rngs={"dropout": dropout_key})
     target = {"eps": noise, "x0": x0}.get(self.diffusion.model_mean_type)
     if target is None:
