@@ -212,6 +212,17 @@ def test_segment_rejects_bad_arguments(binary_segdiff):
     model.segment(params, jnp.zeros((2, 16, 16, 3)), key)
 
 
+@pytest.mark.parametrize("num_timesteps", [19, 20])
+def test_a_linear_schedule_that_reaches_beta_one_is_refused(num_timesteps):
+  # The linear schedule is scaled by 1000/T: its last beta is 0.02 * 1000 / T, 1 at T = 20.
+  # There alpha-bar reaches 0, and the first sampling step's x0 = sqrt(1/abar) x_t -
+  # sqrt(1/abar - 1) eps is inf - inf: NaN masks.
+  config = tiny_config.get_segmentation_config("segdiff", 2)
+  config.diffusion.num_timesteps = num_timesteps
+  with pytest.raises(ValueError, match=r"'linear' schedule"):
+    SegDiffModel(config)
+
+
 @pytest.mark.parametrize("stride", [0, 17])
 def test_patches_reject_a_stride_outside_the_window(stride):
   with pytest.raises(ValueError, match=rf"patch stride {stride} must be in 1\.\.16"):

@@ -117,6 +117,34 @@ def test_segdiff_segment_ddpm_outputs(segdiff_case):
   check_prediction(out, CASES[name][0], 2)
 
 
+class SignOfTheImage:
+  """Stands in for ``SegDiffNet``: the image features are the image, and the network predicts
+  the mask x0 = sign(features) whatever the noisy mask and timestep."""
+
+  def apply(self, variables, *args, method=None, **unused_kwargs):
+    if method is SegDiffNet.encode_image:
+      return args[0]
+    assert method is SegDiffNet.denoise
+    _, _, features = args
+    return jnp.sign(features)
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_each_member_is_sampled_for_its_own_image(sampler, monkeypatch):
+  config = tiny_config.get_segmentation_config("segdiff", 2)
+  config.diffusion.model_mean_type = "x0"
+  model = SegDiffModel(config)
+  monkeypatch.setattr(model, "network", SignOfTheImage())
+  images = np.full((3, 4, 4, 1), -1.0, np.float32)  # three images, three masks
+  images[0, :2] = images[1, :, :1] = images[2, 3, 3] = 1.0
+  out = model.segment(None, jnp.asarray(images), jax.random.key(0), steps=5, sampler=sampler,
+                      ensemble=2, return_members=True)
+  # The last step's mean is the predicted x0: every member is exactly its image's mask.
+  expected = np.eye(2)[(images[..., 0] > 0).astype(int)]
+  np.testing.assert_array_equal(out["member_probs"], np.broadcast_to(expected, (2, 3, 4, 4, 2)))
+  np.testing.assert_array_equal(out["mask"], images[..., 0] > 0)
+
+
 def test_supervised_segment_outputs(supervised_case):
   name, out, logits = supervised_case
   classes = CASES[name][0]
