@@ -57,6 +57,14 @@ def test_sqrt_linear_schedule_is_linear_in_sqrt_beta():
   np.testing.assert_allclose(np.diff(np.sqrt(custom)), 0.1 / 9, rtol=1e-10)
 
 
+@pytest.mark.parametrize("num_timesteps", [20, 10])
+def test_linear_schedule_refuses_chains_whose_last_beta_reaches_one(num_timesteps):
+  # The last beta is 0.02 * 1000 / T: exactly 1 at T = 20, so 21 is the shortest chain.
+  with pytest.raises(ValueError, match="'linear' schedule.*num_timesteps >= 21.*'cosine'"):
+    diffusion.get_beta_schedule("linear", num_timesteps)
+  assert diffusion.get_beta_schedule("linear", 21)[-1] < 1
+
+
 def test_unknown_schedule_lists_valid_names():
   with pytest.raises(ValueError, match="'quadratic'.*linear, cosine, sqrt_linear"):
     diffusion.get_beta_schedule("quadratic", 10)
@@ -138,8 +146,11 @@ def test_create_errors_name_problem_and_fix():
     diffusion.GaussianDiffusion.create(betas, model_mean_type="epsilon")
   with pytest.raises(ValueError, match="mse, rescaled_mse, kl, rescaled_kl"):
     diffusion.GaussianDiffusion.create(betas, loss_type="l1")
-  with pytest.raises(ValueError, match=r"\(0, 1\]"):
+  with pytest.raises(ValueError, match=r"\(0, 1\)"):
     diffusion.GaussianDiffusion.create(np.array([0.0, 0.1]))
+  # beta = 1 makes alpha-bar 0, and x0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar) infinite.
+  with pytest.raises(ValueError, match=r"\(0, 1\).*alpha-bar 0"):
+    diffusion.GaussianDiffusion.create(np.array([0.1, 1.0]))
 
 
 def test_diffusion_is_hashable_static_and_immutable():

@@ -48,17 +48,17 @@ def _extract(arr: np.ndarray, t: jax.Array, ndim: int) -> jax.Array:
 
 
 def _checked_betas(betas: Iterable[float]) -> np.ndarray:
-  """``betas`` as float64 [T], checked to be 1-D, T >= 2 and in (0, 1]."""
+  """``betas`` as float64 [T], checked to be 1-D, T >= 2 and in (0, 1)."""
   betas = np.array(betas, dtype=np.float64)
   if betas.ndim != 1 or betas.shape[0] < 2:
     raise ValueError(
         "betas must be 1-D with at least 2 steps (t=0 borrows t=1's posterior variance, so a "
         f"respaced chain must keep 2 or more timesteps too); got shape {betas.shape}."
     )
-  if not np.all((betas > 0) & (betas <= 1)):
+  if not np.all((betas > 0) & (betas < 1)):
     raise ValueError(
-        f"betas must lie in (0, 1]; got min {betas.min()}, max {betas.max()}. (The 'linear' "
-        "schedule is scaled by 1000/T and passes 1 below T=50: use 'cosine' for short chains.)"
+        f"betas must lie in (0, 1); got min {betas.min()}, max {betas.max()}. A beta of 1 "
+        "makes alpha-bar 0 and x0 from the predicted noise infinite."
     )
   return betas
 

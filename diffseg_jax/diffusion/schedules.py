@@ -27,8 +27,19 @@ def linear_beta_schedule(
 
   Returns:
     float64 [T], increasing linearly.
+
+  Raises:
+    ValueError: if the scaled ``beta_end`` reaches 1 (T <= 20 with the default 0.02), where
+      alpha-bar would be 0 and the model's x0 from eps infinite.
   """
   scale = 1000.0 / num_timesteps
+  if scale * beta_end >= 1.0:
+    shortest = math.floor(1000.0 * beta_end) + 1
+    raise ValueError(
+        f"the 'linear' schedule scaled to {num_timesteps} steps ends at beta = "
+        f"{scale * beta_end:g} >= 1 (alpha-bar 0): use num_timesteps >= {shortest}, or the "
+        "'cosine' schedule for short chains."
+    )
   return np.linspace(scale * beta_start, scale * beta_end, num_timesteps, dtype=np.float64)
 
 
