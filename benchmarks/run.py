@@ -9,7 +9,10 @@ mults 1,2,2, 2 res blocks, attention at 16x16, 32x32x3 input; batch 32 for train
 sampling) also runs in PyTorch as diffusers' `UNet2DModel` with the same widths (needs the
 `torch` extra). Both frameworks use every core of the machine, and both run with glibc's
 huge-page tunable (the script restarts itself with it, as `diffseg_jax.main` does; set
-DIFFSEG_HUGE_PAGES=0 to measure without).
+DIFFSEG_HUGE_PAGES=0 to measure without). JAX's convolutions run oneDNN's kernels when the
+`cpu` extra is installed (`diffseg_jax/nn/onednn_conv.py`; DIFFSEG_ONEDNN=0 for XLA's).
+JAX runs first: PyTorch's state slows JAX's train step by ~7% when it runs after it, while
+JAX's leaves PyTorch's unchanged (benchmarks/README.md).
 
 Peak memory is the growth of the process's resident set over the phase, sampled every 5 ms.
 The last line printed is one JSON object with every figure.
@@ -32,6 +35,7 @@ from diffseg_jax import diffusion
 from diffseg_jax import platform
 from diffseg_jax.methods import generation
 from diffseg_jax import nn
+from diffseg_jax.nn import onednn_conv
 from diffseg_jax.train import sharding
 from diffseg_jax.train.state import TrainState
 from diffseg_jax.train.step import make_train_step
@@ -228,7 +232,8 @@ def main():
   parser.add_argument("--no_torch", action="store_true")
   args = parser.parse_args()
   results = {"jax_version": jax.__version__, "devices": str(jax.devices()),
-             "cpu_count": os.cpu_count(), "huge_pages": platform.huge_pages_enabled()}
+             "cpu_count": os.cpu_count(), "huge_pages": platform.huge_pages_enabled(),
+             "onednn_conv": onednn_conv.available()}
   for name in args.models.split(","):
     results[name] = {"jax": bench_jax(name, args.ddpm_steps)}
     if name == "adm6m" and not args.no_torch:

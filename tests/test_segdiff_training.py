@@ -219,7 +219,13 @@ def test_segdiff_loss_of_a_single_labelled_pixel(run_name, request):
   batch, key = single_pixel_batch(run), jax.random.key(12)
   _, output, noise = segdiff_loss_reference(run, batch, key)
   expected = np.mean((output[3, 9, 4] - noise[3, 9, 4]) ** 2)
-  np.testing.assert_allclose(loss_at(run, batch, key), expected, rtol=1e-5)
+  # Compared as root-mean-square residuals: the reference's network output is another
+  # compiled program's, a few float32 ulps (~1e-7 for outputs of size ~1) from the training
+  # step's, and a trained model's residual at one pixel is small (~0.05), so the squared
+  # residual carries that rounding as a relative error of ~1e-5. Any other pixel's residual
+  # differs by 1e-2 or more.
+  np.testing.assert_allclose(np.sqrt(loss_at(run, batch, key)), np.sqrt(expected), rtol=1e-5,
+                             atol=1e-6)
 
 
 class OutputIsTheParameter:

@@ -14,6 +14,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from diffseg_jax.nn import onednn_conv
+
 Dtype = Any
 
 
@@ -186,7 +188,8 @@ class Conv(nn.Module):
   """A square NHWC convolution with torch-style symmetric padding ``kernel_size // 2``.
 
   Parameters as ``flax.linen.Conv``'s: ``kernel`` [k, k, C_in, features] and ``bias``
-  [features], float32; the bias gradient is a GEMV (see ``bias_add``).
+  [features], float32; the bias gradient is a GEMV (see ``bias_add``). On CPU, float32
+  convolutions run oneDNN's kernels when installed (``onednn_conv.conv2d``).
 
   Attributes:
     features: output channels.
@@ -209,9 +212,8 @@ class Conv(nn.Module):
     kernel = self.param("kernel", _kernel_init(self.zero_init),
                         (k, k, x.shape[-1], self.features), jnp.float32)
     bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
-    y = jax.lax.conv_general_dilated(
-        x.astype(self.dtype), kernel.astype(self.dtype), (self.stride, self.stride),
-        ((pad, pad), (pad, pad)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    y = onednn_conv.conv2d(x.astype(self.dtype), kernel.astype(self.dtype),
+                           (self.stride, self.stride), ((pad, pad), (pad, pad)))
     return bias_add(y, bias.astype(self.dtype))
 
 

@@ -1,0 +1,105 @@
+"""oneDNN convolutions (diffseg_jax/nn/onednn_conv.py) against a float64 numpy convolution."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from diffseg_jax.nn import onednn_conv
+
+pytestmark = pytest.mark.skipif(
+    not onednn_conv.available(),
+    reason="oneDNN kernels unavailable: install the `cpu` extra (pip install -e '.[cpu]') "
+    "and a C++ compiler")
+
+
+def _numpy_conv(x, w, strides, padding):
+  """Forward and both gradients of an NHWC/HWIO convolution, in float64 loops over taps.
+
+  Returns (y, vjp) where vjp(dy) -> (dx, dw).
+  """
+  x, w = x.astype(np.float64), w.astype(np.float64)
+  (top, bottom), (left, right) = padding
+  xp = np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
+  kh, kw = w.shape[:2]
+  oh = (xp.shape[1] - kh) // strides[0] + 1
+  ow = (xp.shape[2] - kw) // strides[1] + 1
+
+  def window(i, j):
+    return (slice(None), slice(i, i + strides[0] * (oh - 1) + 1, strides[0]),
+            slice(j, j + strides[1] * (ow - 1) + 1, strides[1]), slice(None))
+
+  y = sum(xp[window(i, j)] @ w[i, j] for i in range(kh) for j in range(kw))
+
+  def vjp(dy):
+    dy = dy.astype(np.float64)
+    dxp = np.zeros_like(xp)
+    dw = np.zeros_like(w)
+    for i in range(kh):
+      for j in range(kw):
+        dxp[window(i, j)] += dy @ w[i, j].T
+        dw[i, j] = np.einsum("bhwc,bhwo->co", xp[window(i, j)], dy)
+    dx = dxp[:, top:xp.shape[1] - bottom, left:xp.shape[2] - right]
+    return dx, dw
+
+  return y, vjp
+
+
+CASES = [
+    # x shape, kernel shape, strides, padding
+    ((2, 9, 7, 5), (3, 3, 5, 4), (1, 1), ((1, 1), (1, 1))),
+    ((3, 8, 8, 6), (3, 3, 6, 7), (2, 2), ((1, 1), (1, 1))),  # ADM's downsampling conv
+    ((2, 5, 5, 3), (1, 1, 3, 4), (1, 1), ((0, 0), (0, 0))),  # skip connections
+    ((1, 7, 6, 2), (3, 3, 2, 3), (2, 1), ((0, 1), (2, 0))),  # odd sizes, uneven padding
+]
+
+
+@pytest.mark.parametrize("x_shape, w_shape, strides, padding", CASES)
+def test_forward_and_gradients_match_float64_numpy(x_shape, w_shape, strides, padding):
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=x_shape).astype(np.float32)
+  w = rng.normal(size=w_shape).astype(np.float32)
+  expected_y, numpy_vjp = _numpy_conv(x, w, strides, padding)
+  dy = rng.normal(size=expected_y.shape).astype(np.float32)
+  expected_dx, expected_dw = numpy_vjp(dy)
+
+  def conv(x, w):
+    return onednn_conv.conv2d(x, w, strides, padding)
+
+  y, vjp = jax.vjp(jax.jit(conv), jnp.asarray(x), jnp.asarray(w))
+  dx, dw = jax.jit(vjp)(jnp.asarray(dy))
+  scale = np.sqrt(np.prod(w_shape[:3]))  # float32 error grows with the summed terms
+  np.testing.assert_allclose(y, expected_y, rtol=1e-5, atol=1e-6 * scale)
+  np.testing.assert_allclose(dx, expected_dx, rtol=1e-5, atol=1e-6 * scale)
+  np.testing.assert_allclose(dw, expected_dw, rtol=1e-5, atol=1e-5 * scale)
+
+
+def test_float32_cpu_programs_call_onednn_and_others_call_xla():
+  x = jnp.ones((1, 6, 6, 2))
+  w = jnp.ones((3, 3, 2, 4))
+
+  def hlo(x, w):
+    return jax.jit(lambda x, w: jax.grad(
+        lambda x, w: onednn_conv.conv2d(x, w, (1, 1), ((1, 1), (1, 1))).sum(),
+        argnums=(0, 1))(x, w)).lower(x, w).compile().as_text()
+
+  float32 = hlo(x, w)
+  assert "diffseg_onednn_conv_bwd" in float32 and " convolution(" not in float32
+  bfloat16 = hlo(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16))
+  assert "diffseg_onednn" not in bfloat16 and " convolution(" in bfloat16
+
+
+def test_kernels_compile_once_into_the_cache(tmp_path, monkeypatch):
+  monkeypatch.setenv("DIFFSEG_CACHE_DIR", str(tmp_path))
+  library = onednn_conv._compiled_library()
+  assert library.parent == tmp_path / "onednn" and library.exists()
+  built = library.stat().st_mtime_ns
+  assert onednn_conv._compiled_library() == library
+  assert library.stat().st_mtime_ns == built
+  assert [p.name for p in library.parent.iterdir()] == [library.name]  # no partial files
+
+
+def test_a_missing_extra_names_the_install_command(monkeypatch):
+  monkeypatch.setattr(onednn_conv, "_LIBRARY", ("onednn-not-a-distribution", "libdnnl.so.3"))
+  with pytest.raises(onednn_conv._Unavailable, match=r"pip install 'diffseg_jax\[cpu\]'"):
+    onednn_conv._compiled_library()
