@@ -1,6 +1,7 @@
 r"""Speed and memory of training and sampling, JAX against a PyTorch peer in the same process.
 
-  python benchmarks/run.py [--models=quickstart,adm6m] [--ddpm_steps=1000] [--no_torch]
+  python benchmarks/run.py [--models=quickstart,adm6m] [--ddpm_steps=1000] [--rounds=5]
+                           [--no_torch]
 
 For each model: the train step (images/s; AdamW, EMA, the eps-MSE loss), DDIM-50 and DDPM-1000
 sampling (images/s), compile times and peak memory. The quickstart model, image size and batch
@@ -9,13 +10,17 @@ mults 1,2,2, 2 res blocks, attention at 16x16, 32x32x3 input; batch 32 for train
 sampling) also runs in PyTorch as diffusers' `UNet2DModel` with the same widths (needs the
 `torch` extra). Both frameworks use every core of the machine, and both run with glibc's
 huge-page tunable (the script restarts itself with it, as `diffseg_jax.main` does; set
-DIFFSEG_HUGE_PAGES=0 to measure without). JAX's convolutions run oneDNN's kernels when the
-`cpu` extra is installed (`diffseg_jax/nn/onednn_conv.py`; DIFFSEG_ONEDNN=0 for XLA's).
-JAX runs first: PyTorch's state slows JAX's train step by ~7% when it runs after it, while
-JAX's leaves PyTorch's unchanged (benchmarks/README.md).
+DIFFSEG_HUGE_PAGES=0 to measure without). JAX's convolutions and attention products run
+oneDNN's kernels when the `cpu` extra is installed (`diffseg_jax/nn/onednn.py`;
+DIFFSEG_ONEDNN=0 for XLA's).
 
-Peak memory is the growth of the process's resident set over the phase, sampled every 5 ms.
-The last line printed is one JSON object with every figure.
+The speed of a shared virtual machine drifts by 10-15% over minutes, so the frameworks take
+turns: each round times the train step (2 calls; twice as many rounds) or DDIM-50 (1 call)
+of JAX, then of PyTorch. Each framework's images/s come from its fastest round; the ratios
+are given both from those and as the median of the per-round ratios, with every round's
+ratio to show the spread. DDPM runs one round. Peak memory is the growth of the process's
+resident set during a phase's first (warm-up) call, sampled every 5 ms. The last line printed
+is one JSON object with every figure.
 """
 
 import argparse
@@ -25,6 +30,7 @@ import os
 import pathlib
 import threading
 import time
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -35,7 +41,7 @@ from diffseg_jax import diffusion
 from diffseg_jax import platform
 from diffseg_jax.methods import generation
 from diffseg_jax import nn
-from diffseg_jax.nn import onednn_conv
+from diffseg_jax.nn import onednn
 from diffseg_jax.train import sharding
 from diffseg_jax.train.state import TrainState
 from diffseg_jax.train.step import make_train_step
@@ -92,25 +98,38 @@ class PeakRss:
       self._peak = max(self._peak, self._rss())
 
 
-def _time(fn, repeats: int, rounds: int = 3) -> float:
-  """Seconds per call of ``fn`` (which blocks until done), best of ``rounds`` of ``repeats``."""
-  best = float("inf")
+def _interleaved(phases: dict[str, Callable[[], None]], repeats: int,
+                 rounds: int) -> dict[str, list[float]]:
+  """Seconds per call of each phase (a call that blocks until done), one figure per round.
+
+  Each round runs every phase ``repeats`` times, one phase after the other, so that the drift
+  of a shared machine's speed (10-15% over minutes here) falls on all of them alike.
+  """
+  seconds = {name: [] for name in phases}
   for _ in range(rounds):
-    start = time.perf_counter()
-    for _ in range(repeats):
-      fn()
-    best = min(best, (time.perf_counter() - start) / repeats)
-  return best
+    for name, fn in phases.items():
+      start = time.perf_counter()
+      for _ in range(repeats):
+        fn()
+      seconds[name].append((time.perf_counter() - start) / repeats)
+  return seconds
 
 
-def bench_jax(name: str, ddpm_steps: int) -> dict:
+def _warm_up(fn: Callable[[], None]) -> float:
+  """Runs ``fn`` once; returns the growth of the resident set meanwhile, in MB."""
+  with PeakRss() as mem:
+    fn()
+  return mem.peak_mb
+
+
+def jax_phases(name: str, ddpm_steps: int) -> tuple[dict, dict]:
+  """The JAX model's phases (compiled, warmed up) and its figures so far."""
   unet, shape, train_batch, sample_batch = MODELS[name]()
   gd = diffusion.GaussianDiffusion.create(diffusion.get_beta_schedule("linear", 1000))
   model_fn = lambda p, x, t: unet.apply({"params": p}, x, t)
   mesh = sharding.make_mesh()
   params = unet.init(jax.random.key(0), jnp.zeros((1, *shape)), jnp.zeros((1,), jnp.int32))
   params = params["params"]
-  n_params = sum(x.size for x in jax.tree.leaves(params))
   tx = optax.adamw(1e-4)
 
   def loss_fn(p, batch, key):
@@ -129,19 +148,17 @@ def bench_jax(name: str, ddpm_steps: int) -> dict:
   key = jax.random.key(1)
   start = time.perf_counter()
   compiled = step.lower(state, batch, key).compile()
-  compile_train = time.perf_counter() - start
+  figures = {"params": int(sum(x.size for x in jax.tree.leaves(params))),
+             "train_batch": train_batch, "sample_batch": sample_batch,
+             "train_compile_s": time.perf_counter() - start}
   holder = [state]
 
-  def one_step():
+  def train():
     holder[0], metrics = compiled(holder[0], batch, key)
     metrics["loss"].block_until_ready()
 
-  with PeakRss() as train_mem:
-    one_step()
-    train_s = _time(one_step, 5)
-  out = {"params": int(n_params), "train_img_per_s": train_batch / train_s,
-         "train_compile_s": compile_train, "train_peak_mb": train_mem.peak_mb}
-
+  phases = {"train": train}
+  figures["train_peak_mb"] = _warm_up(train)
   noise = jax.random.normal(jax.random.key(2), (sample_batch, *shape))
   for sampler, steps in (("ddim", 50), ("ddpm", ddpm_steps)):
     respaced = diffusion.GaussianDiffusion.create(
@@ -153,18 +170,15 @@ def bench_jax(name: str, ddpm_steps: int) -> dict:
                                                            noise=x))
     start = time.perf_counter()
     compiled_sample = fn.lower(params, key, noise).compile()
-    compile_s = time.perf_counter() - start
-    with PeakRss() as mem:  # DDPM-1000 runs once: minutes per run
-      seconds = _time(lambda: compiled_sample(params, key, noise).block_until_ready(), 1,
-                      rounds=3 if sampler == "ddim" else 1)
     label = f"{sampler}{steps}"
-    out[f"{label}_img_per_s"] = sample_batch / seconds
-    out[f"{label}_compile_s"] = compile_s
-    out[f"{label}_peak_mb"] = mem.peak_mb
-  return out
+    figures[f"{label}_compile_s"] = time.perf_counter() - start
+    phases[label] = lambda c=compiled_sample: c(params, key, noise).block_until_ready()
+    figures[f"{label}_peak_mb"] = _warm_up(phases[label])
+  return phases, figures
 
 
-def bench_torch(ddpm_steps: int) -> dict:
+def torch_phases(ddpm_steps: int) -> tuple[dict, dict]:
+  """The PyTorch peer's phases (warmed up) and its figures so far."""
   import torch
   from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 
@@ -182,13 +196,15 @@ def bench_torch(ddpm_steps: int) -> dict:
                            for i in reversed(range(levels))),
       attention_head_dim=fields.get("num_head_channels", 32), norm_num_groups=32,
       resnet_time_scale_shift="scale_shift")
-  n_params = sum(p.numel() for p in unet.parameters())
+  figures = {"params": int(sum(p.numel() for p in unet.parameters())),
+             "train_batch": train_batch, "sample_batch": sample_batch}
   opt = torch.optim.AdamW(unet.parameters(), lr=1e-4)
   ema = [p.detach().clone() for p in unet.parameters()]
   x0 = torch.rand(train_batch, shape[-1], *shape[:2]) * 2 - 1
   scheduler = DDPMScheduler(num_train_timesteps=1000)
 
-  def one_step():
+  def train():
+    unet.train()
     t = torch.randint(0, 1000, (train_batch,))
     noise = torch.randn_like(x0)
     loss = torch.nn.functional.mse_loss(unet(scheduler.add_noise(x0, noise, t), t).sample, noise)
@@ -198,30 +214,39 @@ def bench_torch(ddpm_steps: int) -> dict:
     with torch.no_grad():
       torch._foreach_lerp_(ema, list(unet.parameters()), 1e-4)
 
-  with PeakRss() as train_mem:
-    one_step()
-    train_s = _time(one_step, 5)
-  out = {"params": int(n_params), "train_img_per_s": train_batch / train_s,
-         "train_peak_mb": train_mem.peak_mb}
-
-  unet.eval()
+  phases = {"train": train}
+  figures["train_peak_mb"] = _warm_up(train)
   noise = torch.randn(sample_batch, shape[-1], *shape[:2])
   for label, sched, steps in (("ddim50", DDIMScheduler(num_train_timesteps=1000), 50),
                               (f"ddpm{ddpm_steps}", DDPMScheduler(num_train_timesteps=1000),
                                ddpm_steps)):
-    def sample():
+    def sample(sched=sched, steps=steps):
+      unet.eval()
       sched.set_timesteps(steps)
       x = noise
       with torch.inference_mode():
         for t in sched.timesteps:
           x = sched.step(unet(x, t).sample, t, x).prev_sample
-      return x
 
-    with PeakRss() as mem:
-      seconds = _time(sample, 1, rounds=3 if label == "ddim50" else 1)
-    out[f"{label}_img_per_s"] = sample_batch / seconds
-    out[f"{label}_peak_mb"] = mem.peak_mb
-  return out
+    phases[label] = sample
+    figures[f"{label}_peak_mb"] = _warm_up(sample)
+  return phases, figures
+
+
+def measure(phases: dict[str, dict], figures: dict[str, dict], ddpm_steps: int,
+            rounds: int) -> None:
+  """Times every framework's phases, alternating frameworks within each round.
+
+  Adds ``<phase>_img_per_s`` (from each framework's fastest round) and ``<phase>_s_rounds`` to
+  ``figures[framework]``.
+  """
+  plan = (("train", "train_batch", 2, 2 * rounds), ("ddim50", "sample_batch", 1, rounds),
+          (f"ddpm{ddpm_steps}", "sample_batch", 1, 1))  # DDPM-1000 takes minutes a call
+  for phase, batch_key, repeats, phase_rounds in plan:
+    seconds = _interleaved({fw: p[phase] for fw, p in phases.items()}, repeats, phase_rounds)
+    for fw, per_round in seconds.items():
+      figures[fw][f"{phase}_img_per_s"] = figures[fw][batch_key] / min(per_round)
+      figures[fw][f"{phase}_s_rounds"] = per_round
 
 
 def main():
@@ -229,22 +254,27 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--models", default="quickstart,adm6m")
   parser.add_argument("--ddpm_steps", type=int, default=1000)
+  parser.add_argument("--rounds", type=int, default=5,
+                      help="rounds of the train step and DDIM-50, frameworks alternating")
   parser.add_argument("--no_torch", action="store_true")
   args = parser.parse_args()
   results = {"jax_version": jax.__version__, "devices": str(jax.devices()),
              "cpu_count": os.cpu_count(), "huge_pages": platform.huge_pages_enabled(),
-             "onednn_conv": onednn_conv.available()}
+             "onednn": onednn.available()}
   for name in args.models.split(","):
-    results[name] = {"jax": bench_jax(name, args.ddpm_steps)}
+    phases, figures = {}, {}
+    phases["jax"], figures["jax"] = jax_phases(name, args.ddpm_steps)
     if name == "adm6m" and not args.no_torch:
-      results[name]["torch"] = bench_torch(args.ddpm_steps)
+      phases["torch"], figures["torch"] = torch_phases(args.ddpm_steps)
+    measure(phases, figures, args.ddpm_steps, args.rounds)
+    results[name] = figures
   print(f"{'model':<11}{'framework':<10}{'params':>9}{'train img/s':>13}{'ddim50 img/s':>14}"
         f"{'ddpm img/s':>12}{'train MB':>10}")
   for name in args.models.split(","):
     for framework, r in results[name].items():
-      ddpm = r.get(f"ddpm{args.ddpm_steps}_img_per_s", float("nan"))
       print(f"{name:<11}{framework:<10}{r['params']:>9}{r['train_img_per_s']:>13.2f}"
-            f"{r['ddim50_img_per_s']:>14.2f}{ddpm:>12.3f}{r['train_peak_mb']:>10.0f}")
+            f"{r['ddim50_img_per_s']:>14.2f}{r[f'ddpm{args.ddpm_steps}_img_per_s']:>12.3f}"
+            f"{r['train_peak_mb']:>10.0f}")
   if "adm6m" in results and "torch" in results["adm6m"]:
     j, t = results["adm6m"]["jax"], results["adm6m"]["torch"]
     results.update(
@@ -252,8 +282,15 @@ def main():
         ddim50_img_per_s=j["ddim50_img_per_s"], torch_ddim50_img_per_s=t["ddim50_img_per_s"],
         train_ratio=j["train_img_per_s"] / t["train_img_per_s"],
         ddim50_ratio=j["ddim50_img_per_s"] / t["ddim50_img_per_s"])
-    print(f"JAX/PyTorch: train {results['train_ratio']:.2f}x, "
-          f"DDIM-50 {results['ddim50_ratio']:.2f}x")
+    for phase in ("train", "ddim50"):
+      # Each round's ratio compares runs minutes apart at most: its median is the estimate
+      # least moved by the machine's drift, and the spread shows how much there was.
+      ratios = [ts / js for js, ts in zip(j[f"{phase}_s_rounds"], t[f"{phase}_s_rounds"])]
+      results[f"{phase}_round_ratios"] = ratios
+      results[f"{phase}_median_round_ratio"] = float(np.median(ratios))
+      print(f"JAX/PyTorch {phase}: {results[f'{phase}_ratio']:.2f}x (fastest rounds), "
+            f"{np.median(ratios):.2f}x (median round; rounds "
+            + " ".join(f"{r:.2f}" for r in ratios) + ")")
   print(json.dumps(results))
 
 

@@ -22,6 +22,10 @@ from diffseg_jax.nn import (
 
 # Reference float32 noise is ~1.2e-5 on outputs of magnitude ~5 (fixtures README).
 OUTPUT_ATOL = 5e-5
+# Float32 rounding noise grows with the magnitude of the values: decoder features reach ~22,
+# where correct kernels differ by up to 5.3e-5 (2.5e-6 of the largest value, as on the
+# output). Features are held to the output's bound relative to their largest value.
+FEATURE_RTOL_OF_MAX = OUTPUT_ATOL / 5.0
 # Sinusoids of arguments up to ~1000 rad differ by ~1e-5 between correct float32 kernels.
 EMBEDDING_ATOL = 3e-5
 
@@ -78,7 +82,8 @@ def test_unet_decoder_features_match_reference_blocks(unet_case):
   for i, feature in enumerate(features):
     reference = arrays[f"out/intermediate/output_blocks.{i}"]
     assert _nchw(feature).shape == reference.shape
-    assert _max_abs_diff(_nchw(feature), reference) <= OUTPUT_ATOL, f"output_blocks.{i}"
+    bound = FEATURE_RTOL_OF_MAX * max(5.0, float(np.abs(reference).max()))
+    assert _max_abs_diff(_nchw(feature), reference) <= bound, f"output_blocks.{i}"
 
 
 def test_unet_embedding_matches_reference(unet_case):

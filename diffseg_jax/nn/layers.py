@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from diffseg_jax.nn import onednn_conv
+from diffseg_jax.nn import onednn
 
 Dtype = Any
 
@@ -189,7 +189,7 @@ class Conv(nn.Module):
 
   Parameters as ``flax.linen.Conv``'s: ``kernel`` [k, k, C_in, features] and ``bias``
   [features], float32; the bias gradient is a GEMV (see ``bias_add``). On CPU, float32
-  convolutions run oneDNN's kernels when installed (``onednn_conv.conv2d``).
+  convolutions run oneDNN's kernels when installed (``onednn.conv2d``).
 
   Attributes:
     features: output channels.
@@ -212,7 +212,7 @@ class Conv(nn.Module):
     kernel = self.param("kernel", _kernel_init(self.zero_init),
                         (k, k, x.shape[-1], self.features), jnp.float32)
     bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
-    y = onednn_conv.conv2d(x.astype(self.dtype), kernel.astype(self.dtype),
+    y = onednn.conv2d(x.astype(self.dtype), kernel.astype(self.dtype),
                            (self.stride, self.stride), ((pad, pad), (pad, pad)))
     return bias_add(y, bias.astype(self.dtype))
 
@@ -294,10 +294,11 @@ def qkv_attention(qkv: jax.Array, num_heads: int, *, legacy_order: bool) -> jax.
   # products plain (untransposed) batched matmuls. Contracting over the token axis of
   # [B, T, heads, ch] directly lets XLA:CPU pick transposed output layouts that run several
   # times slower, and a transposed right operand costs a third more (benchmarks/README.md).
+  # On CPU the products run oneDNN's batched matmul, 2-3x faster than XLA's at these sizes.
   q, v = (x.transpose(0, 2, 1, 3) for x in (q, v))
   k = k.transpose(0, 2, 3, 1)
   scale = 1.0 / math.sqrt(math.sqrt(ch))
-  logits = jnp.einsum("bhtc,bhcs->bhts", q * scale, k * scale)
+  logits = onednn.matmul(q * scale, k * scale)  # [B, heads, T, T]
   weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(qkv.dtype)
-  out = jnp.einsum("bhts,bhsc->bhtc", weights, v)
+  out = onednn.matmul(weights, v)  # [B, heads, T, ch]
   return out.transpose(0, 2, 1, 3).reshape(b, t, num_heads * ch)

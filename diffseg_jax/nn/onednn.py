@@ -1,17 +1,17 @@
-"""2-D convolutions on CPU by oneDNN (the kernels PyTorch uses), as XLA custom calls.
+"""oneDNN's CPU kernels (the ones PyTorch uses) as XLA custom calls: convolutions, matmuls.
 
-XLA:CPU (jaxlib 0.10) runs convolutions with Eigen kernels, and puts transposes around every
-filter gradient. Over the 3x3 convolutions of the 6.5M-parameter ADM U-Net's train step
-(forward and both gradients, batch 32, 2 cores) that is 1.44 s, against 1.16 s for oneDNN on
-the same NHWC tensors (``benchmarks/README.md``). :func:`conv2d` sends float32 convolutions
-on the CPU platform to oneDNN, and everything else (other platforms, other dtypes) to
-``jax.lax.conv_general_dilated``.
+XLA:CPU (jaxlib 0.10) runs convolutions with Eigen kernels and puts transposes around every
+filter gradient, and runs the small batched matrix products of attention at 20-50 GFLOP/s
+where oneDNN reaches 75-120 on 2 AVX2 cores (``benchmarks/README.md``). On the CPU platform,
+:func:`conv2d` sends float32 NHWC convolutions and :func:`matmul` float32 batched matrix
+products to oneDNN; everything else (other platforms, other dtypes) goes to
+``jax.lax.conv_general_dilated`` and ``jnp.matmul``.
 
-The kernels (``onednn_conv.cc``) are compiled on first use with the system's C++ compiler
+The kernels (``onednn.cc``) are compiled on first use with the system's C++ compiler
 (``$CXX``, else ``c++``) against the oneDNN of the ``cpu`` extra (``pip install
 "diffseg_jax[cpu]"``: the ``onednn-cpu-gomp`` library and its ``onednn-devel-cpu-gomp``
 headers), cached under ``$DIFFSEG_CACHE_DIR/onednn`` (default ``~/.cache/diffseg_jax``) and
-registered as FFI targets. Without the extra or a compiler, XLA's convolutions are used (and
+registered as FFI targets. Without the extra or a compiler, XLA's kernels are used (and
 the reason logged once); ``DIFFSEG_ONEDNN=0`` turns the kernels off.
 """
 
@@ -32,10 +32,12 @@ import numpy as np
 
 Padding = tuple[tuple[int, int], tuple[int, int]]
 
-_SOURCE = pathlib.Path(__file__).with_name("onednn_conv.cc")
+_SOURCE = pathlib.Path(__file__).with_name("onednn.cc")
 _FORWARD = "diffseg_onednn_conv_fwd"
 _BACKWARD = "diffseg_onednn_conv_bwd"
-_SYMBOLS = {_FORWARD: "DiffsegOnednnConvForward", _BACKWARD: "DiffsegOnednnConvBackward"}
+_MATMUL = "diffseg_onednn_matmul"
+_SYMBOLS = {_FORWARD: "DiffsegOnednnConvForward", _BACKWARD: "DiffsegOnednnConvBackward",
+            _MATMUL: "DiffsegOnednnMatmul"}
 _LIBRARY = ("onednn-cpu-gomp", "libdnnl.so.3")
 _HEADERS = ("onednn-devel-cpu-gomp", "oneapi/dnnl/dnnl.hpp")
 
@@ -71,7 +73,7 @@ def _compiled_library() -> pathlib.Path:
   include = _installed_file(*_HEADERS).parents[2]
   fingerprint = b"\0".join([_SOURCE.read_bytes(), jaxlib.__version__.encode(),
                             str(library).encode(), compiler.encode()])
-  target = cache_dir() / f"onednn_conv_{hashlib.sha256(fingerprint).hexdigest()[:16]}.so"
+  target = cache_dir() / f"onednn_{hashlib.sha256(fingerprint).hexdigest()[:16]}.so"
   if target.exists():
     return target
   target.parent.mkdir(parents=True, exist_ok=True)
@@ -95,15 +97,27 @@ def available() -> bool:
   try:
     library = ctypes.CDLL(str(_compiled_library()))
   except _Unavailable as e:
-    logging.info("oneDNN convolutions unavailable, using XLA's: %s", e)
+    logging.info("oneDNN kernels unavailable, using XLA's: %s", e)
     return False
   except OSError as e:  # a cached library that no longer loads
-    logging.warning("oneDNN convolutions unavailable, using XLA's: %s", e)
+    logging.warning("oneDNN kernels unavailable, using XLA's: %s", e)
     return False
   for target, symbol in _SYMBOLS.items():
     jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)),
                                 platform="cpu")
   return True
+
+
+def _applies(*operands: jax.Array) -> bool:
+  """Whether these operands go to oneDNN: all float32, kernels available, one CPU device.
+
+  With several CPU devices in one process (``--xla_force_host_platform_device_count``), XLA
+  runs the devices' programs on concurrent threads, and each kernel call would start its own
+  OpenMP team on the same cores: with 8 devices on 2 cores, the spinning teams made a sharded
+  step miss XLA's 40 s deadline for all devices to reach a collective. XLA's kernels run there.
+  """
+  return (all(x.dtype == jnp.float32 for x in operands) and available()
+          and len(jax.local_devices(backend="cpu")) == 1)
 
 
 def _attributes(strides: tuple[int, int], padding: Padding) -> dict[str, np.int64]:
@@ -142,8 +156,9 @@ def conv2d(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
            padding: Padding) -> jax.Array:
   """``jax.lax.conv_general_dilated(x, kernel, strides, padding)`` for NHWC and HWIO.
 
-  Float32 convolutions compiled for the CPU run oneDNN's kernels when :func:`available`;
-  the rest run XLA's. Both differentiate; both give the same values up to float32 rounding.
+  Float32 convolutions compiled for the CPU run oneDNN's kernels when :func:`available` and
+  the process has one CPU device; the rest run XLA's. Both differentiate; both give the same
+  values up to float32 rounding.
 
   Args:
     x: ``[B, H, W, C_in]``.
@@ -161,7 +176,62 @@ def conv2d(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
     return jax.lax.conv_general_dilated(x, kernel, strides, padding,
                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
-  if x.dtype != jnp.float32 or kernel.dtype != jnp.float32 or not available():
+  if not _applies(x, kernel):
     return xla(x, kernel)
   return jax.lax.platform_dependent(
       x, kernel, cpu=lambda x, kernel: _onednn_conv(x, kernel, strides, padding), default=xla)
+
+
+def _batched_matmul(a, b, transpose_a: bool, transpose_b: bool):
+  """``op(a) @ op(b)`` by oneDNN: ``a`` is ``[B, M, K]`` (``[B, K, M]`` if transposed), ``b``
+  ``[B, K, N]`` (``[B, N, K]``)."""
+  m = a.shape[2] if transpose_a else a.shape[1]
+  n = b.shape[1] if transpose_b else b.shape[2]
+  out = jax.ShapeDtypeStruct((a.shape[0], m, n), a.dtype)
+  return jax.ffi.ffi_call(_MATMUL, out)(a, b, transpose_a=np.int64(transpose_a),
+                                        transpose_b=np.int64(transpose_b))
+
+
+@jax.custom_vjp
+def _onednn_matmul(a, b):
+  return _batched_matmul(a, b, False, False)
+
+
+def _onednn_matmul_fwd(a, b):
+  return _onednn_matmul(a, b), (a, b)
+
+
+def _onednn_matmul_bwd(residuals, g):
+  a, b = residuals
+  return _batched_matmul(g, b, False, True), _batched_matmul(a, g, True, False)
+
+
+_onednn_matmul.defvjp(_onednn_matmul_fwd, _onednn_matmul_bwd)
+
+
+def matmul(a: jax.Array, b: jax.Array) -> jax.Array:
+  """``jnp.matmul(a, b)`` for operands with the same batch axes.
+
+  Float32 products compiled for the CPU run oneDNN's kernel when :func:`available` and the
+  process has one CPU device; the rest run XLA's. Both differentiate; both give the same
+  values up to float32 rounding.
+
+  Args:
+    a: ``[..., M, K]``.
+    b: ``[..., K, N]``, with the batch axes ``...`` of ``a``.
+
+  Returns:
+    ``[..., M, N]``.
+  """
+  if a.ndim < 2 or a.shape[:-2] != b.shape[:-2] or a.shape[-1] != b.shape[-2]:
+    raise ValueError(f"matmul needs [..., M, K] and [..., K, N] with the same batch axes, got "
+                     f"{a.shape} and {b.shape}")
+  if not _applies(a, b):
+    return jnp.matmul(a, b)
+  batch = a.shape[:-2]
+
+  def onednn(a, b):
+    flat = _onednn_matmul(a.reshape(-1, *a.shape[-2:]), b.reshape(-1, *b.shape[-2:]))
+    return flat.reshape(*batch, a.shape[-2], b.shape[-1])
+
+  return jax.lax.platform_dependent(a, b, cpu=onednn, default=jnp.matmul)

@@ -1,14 +1,14 @@
-"""oneDNN convolutions (diffseg_jax/nn/onednn_conv.py) against a float64 numpy convolution."""
+"""oneDNN kernels (diffseg_jax/nn/onednn.py) against float64 numpy convolutions and products."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffseg_jax.nn import onednn_conv
+from diffseg_jax.nn import onednn
 
 pytestmark = pytest.mark.skipif(
-    not onednn_conv.available(),
+    not onednn.available(),
     reason="oneDNN kernels unavailable: install the `cpu` extra (pip install -e '.[cpu]') "
     "and a C++ compiler")
 
@@ -51,6 +51,7 @@ CASES = [
     ((3, 8, 8, 6), (3, 3, 6, 7), (2, 2), ((1, 1), (1, 1))),  # ADM's downsampling conv
     ((2, 5, 5, 3), (1, 1, 3, 4), (1, 1), ((0, 0), (0, 0))),  # skip connections
     ((1, 7, 6, 2), (3, 3, 2, 3), (2, 1), ((0, 1), (2, 0))),  # odd sizes, uneven padding
+    ((2, 6, 6, 16), (3, 3, 16, 24), (1, 1), ((1, 1), (1, 1))),  # blocked filter gradients
 ]
 
 
@@ -64,7 +65,7 @@ def test_forward_and_gradients_match_float64_numpy(x_shape, w_shape, strides, pa
   expected_dx, expected_dw = numpy_vjp(dy)
 
   def conv(x, w):
-    return onednn_conv.conv2d(x, w, strides, padding)
+    return onednn.conv2d(x, w, strides, padding)
 
   y, vjp = jax.vjp(jax.jit(conv), jnp.asarray(x), jnp.asarray(w))
   dx, dw = jax.jit(vjp)(jnp.asarray(dy))
@@ -80,7 +81,7 @@ def test_float32_cpu_programs_call_onednn_and_others_call_xla():
 
   def hlo(x, w):
     return jax.jit(lambda x, w: jax.grad(
-        lambda x, w: onednn_conv.conv2d(x, w, (1, 1), ((1, 1), (1, 1))).sum(),
+        lambda x, w: onednn.conv2d(x, w, (1, 1), ((1, 1), (1, 1))).sum(),
         argnums=(0, 1))(x, w)).lower(x, w).compile().as_text()
 
   float32 = hlo(x, w)
@@ -91,15 +92,61 @@ def test_float32_cpu_programs_call_onednn_and_others_call_xla():
 
 def test_kernels_compile_once_into_the_cache(tmp_path, monkeypatch):
   monkeypatch.setenv("DIFFSEG_CACHE_DIR", str(tmp_path))
-  library = onednn_conv._compiled_library()
+  library = onednn._compiled_library()
   assert library.parent == tmp_path / "onednn" and library.exists()
   built = library.stat().st_mtime_ns
-  assert onednn_conv._compiled_library() == library
+  assert onednn._compiled_library() == library
   assert library.stat().st_mtime_ns == built
   assert [p.name for p in library.parent.iterdir()] == [library.name]  # no partial files
 
 
 def test_a_missing_extra_names_the_install_command(monkeypatch):
-  monkeypatch.setattr(onednn_conv, "_LIBRARY", ("onednn-not-a-distribution", "libdnnl.so.3"))
-  with pytest.raises(onednn_conv._Unavailable, match=r"pip install 'diffseg_jax\[cpu\]'"):
-    onednn_conv._compiled_library()
+  monkeypatch.setattr(onednn, "_LIBRARY", ("onednn-not-a-distribution", "libdnnl.so.3"))
+  with pytest.raises(onednn._Unavailable, match=r"pip install 'diffseg_jax\[cpu\]'"):
+    onednn._compiled_library()
+
+
+MATMUL_CASES = [
+    # a shape, b shape
+    ((2, 3, 7, 5), (2, 3, 5, 4)),  # attention's [B, heads, T, ch] products
+    ((4, 16, 8), (4, 8, 16)),
+    ((6, 5), (5, 9)),  # no batch axes
+]
+
+
+@pytest.mark.parametrize("a_shape, b_shape", MATMUL_CASES)
+def test_matmul_and_gradients_match_float64_numpy(a_shape, b_shape):
+  rng = np.random.default_rng(1)
+  a = rng.normal(size=a_shape).astype(np.float32)
+  b = rng.normal(size=b_shape).astype(np.float32)
+  a64, b64 = a.astype(np.float64), b.astype(np.float64)
+  expected = a64 @ b64
+  g = rng.normal(size=expected.shape).astype(np.float32)
+  # d<g, a b>/da = g b^T, d<g, a b>/db = a^T g, written out as sums over the index shared.
+  expected_da = np.einsum("...mn,...kn->...mk", g.astype(np.float64), b64)
+  expected_db = np.einsum("...mk,...mn->...kn", a64, g.astype(np.float64))
+
+  c, vjp = jax.vjp(jax.jit(onednn.matmul), jnp.asarray(a), jnp.asarray(b))
+  da, db = jax.jit(vjp)(jnp.asarray(g))
+  tol = dict(rtol=1e-5, atol=1e-5 * np.sqrt(max(a_shape[-1], a_shape[-2], b_shape[-1])))
+  np.testing.assert_allclose(c, expected, **tol)
+  np.testing.assert_allclose(da, expected_da, **tol)
+  np.testing.assert_allclose(db, expected_db, **tol)
+
+
+def test_float32_cpu_products_call_onednn_and_others_call_xla():
+  a, b = jnp.ones((2, 4, 3)), jnp.ones((2, 3, 5))
+
+  def hlo(a, b):
+    value_and_grad = jax.value_and_grad(lambda a, b: onednn.matmul(a, b).sum(), argnums=(0, 1))
+    return jax.jit(value_and_grad).lower(a, b).compile().as_text()
+
+  float32 = hlo(a, b)  # the product and both gradients
+  assert float32.count("custom_call_target=\"diffseg_onednn_matmul\"") == 3
+  assert " dot(" not in float32
+  assert "diffseg_onednn" not in hlo(a.astype(jnp.bfloat16), b.astype(jnp.bfloat16))
+
+
+def test_matmul_names_mismatched_operands():
+  with pytest.raises(ValueError, match=r"same batch axes, got \(2, 4, 3\) and \(3, 3, 5\)"):
+    onednn.matmul(jnp.ones((2, 4, 3)), jnp.ones((3, 3, 5)))
