@@ -213,7 +213,7 @@ class Conv(nn.Module):
                         (k, k, x.shape[-1], self.features), jnp.float32)
     bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
     y = onednn.conv2d(x.astype(self.dtype), kernel.astype(self.dtype),
-                           (self.stride, self.stride), ((pad, pad), (pad, pad)))
+                      (self.stride, self.stride), ((pad, pad), (pad, pad)))
     return bias_add(y, bias.astype(self.dtype))
 
 
