@@ -8,22 +8,24 @@ sampling (images/s), compile times and peak memory. The quickstart model, image 
 sizes are read from configs/quickstart.py. The 6.5M-parameter ADM-style U-Net (64 channels,
 mults 1,2,2, 2 res blocks, attention at 16x16, 32x32x3 input; batch 32 for training, 16 for
 sampling) also runs in PyTorch as diffusers' `UNet2DModel` with the same widths (needs the
-`torch` extra). Both frameworks use every core of the machine, and both run with glibc's
-huge-page tunable (the script restarts itself with it, as `diffseg_jax.main` does; set
-DIFFSEG_HUGE_PAGES=0 to measure without). JAX's convolutions and attention products run
-oneDNN's kernels when the `cpu` extra is installed (`diffseg_jax/nn/onednn.py`;
-DIFFSEG_ONEDNN=0 for XLA's).
+`torch` extra). Both frameworks use every core of the machine, and both run with glibc's malloc
+tunables (huge pages, freed memory kept in the heap: the script restarts itself with them, as
+`diffseg_jax.main` does; set DIFFSEG_MALLOC_TUNABLES=0 to measure without). JAX's
+convolutions and attention products run oneDNN's kernels and its GroupNorms a fused kernel
+when the `cpu` extra is installed (`diffseg_jax/nn/onednn.py`; DIFFSEG_ONEDNN=0 for XLA's).
 
 The speed of a shared virtual machine drifts by 10-15% over minutes, so the frameworks take
 turns: each round times the train step (2 calls; twice as many rounds) or DDIM-50 (1 call)
-of JAX, then of PyTorch. Each framework's images/s come from its fastest round; the ratios
-are given both from those and as the median of the per-round ratios, with every round's
-ratio to show the spread. DDPM runs one round. Peak memory is the growth of the process's
-resident set during a phase's first (warm-up) call, sampled every 5 ms. The last line printed
+of JAX, then of PyTorch, after two untimed rounds (the frameworks share one heap, which grows
+to hold both working sets in the first rounds). Each framework's images/s come from its
+fastest round; the ratios are given both from those and as the median of the per-round
+ratios, with every round's ratio to show the spread. DDPM runs one round. Peak memory is the growth of the memory
+allocated by malloc and not freed during a phase's first (warm-up) call, sampled every 5 ms. The last line printed
 is one JSON object with every figure.
 """
 
 import argparse
+import ctypes
 import importlib.util
 import json
 import os
@@ -72,11 +74,38 @@ def _adm6m():
 MODELS = {"quickstart": _quickstart, "adm6m": _adm6m}
 
 
-class PeakRss:
-  """Samples the resident set size in a thread; ``peak_mb`` is the growth over the start."""
+class _Mallinfo2(ctypes.Structure):
+  _fields_ = [(name, ctypes.c_size_t) for name in (
+      "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+      "fordblks", "keepcost")]
+
+
+def _heap_in_use() -> Callable[[], int] | None:
+  """glibc's bytes allocated and not freed (heap and mmapped blocks), or None elsewhere."""
+  try:
+    mallinfo2 = ctypes.CDLL(None).mallinfo2
+  except AttributeError:  # not glibc >= 2.33
+    return None
+  mallinfo2.restype = _Mallinfo2
+  return lambda: (lambda info: info.uordblks + info.hblkhd)(mallinfo2())
+
+
+def _resident_set() -> int:
+  with open("/proc/self/statm") as f:
+    return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakMemory:
+  """Samples memory in use in a thread; ``peak_mb`` is the growth over the start.
+
+  Memory in use is what glibc's malloc has handed out and not taken back: the resident set
+  would miss memory that a phase reuses from an earlier phase's freed blocks, which the
+  process keeps (``platform.reexec_with_malloc_tunables``). Without glibc, the resident set.
+  """
 
   def __enter__(self):
-    self._start = self._rss()
+    self._measure = _heap_in_use() or _resident_set
+    self._start = self._measure()
     self._peak = self._start
     self._done = threading.Event()
     self._thread = threading.Thread(target=self._watch, daemon=True)
@@ -88,23 +117,22 @@ class PeakRss:
     self._thread.join()
     self.peak_mb = (self._peak - self._start) / 2**20
 
-  @staticmethod
-  def _rss() -> int:
-    with open("/proc/self/statm") as f:
-      return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
   def _watch(self):
     while not self._done.wait(0.005):
-      self._peak = max(self._peak, self._rss())
+      self._peak = max(self._peak, self._measure())
 
 
-def _interleaved(phases: dict[str, Callable[[], None]], repeats: int,
-                 rounds: int) -> dict[str, list[float]]:
+def _interleaved(phases: dict[str, Callable[[], None]], repeats: int, rounds: int,
+                 warm_up_rounds: int = 2) -> dict[str, list[float]]:
   """Seconds per call of each phase (a call that blocks until done), one figure per round.
 
   Each round runs every phase ``repeats`` times, one phase after the other, so that the drift
-  of a shared machine's speed (10-15% over minutes here) falls on all of them alike.
+  of a shared machine's speed (10-15% over minutes here) falls on all of them alike. The
+  first ``warm_up_rounds`` rounds are not timed.
   """
+  for _ in range(warm_up_rounds):
+    for fn in phases.values():
+      fn()
   seconds = {name: [] for name in phases}
   for _ in range(rounds):
     for name, fn in phases.items():
@@ -116,8 +144,8 @@ def _interleaved(phases: dict[str, Callable[[], None]], repeats: int,
 
 
 def _warm_up(fn: Callable[[], None]) -> float:
-  """Runs ``fn`` once; returns the growth of the resident set meanwhile, in MB."""
-  with PeakRss() as mem:
+  """Runs ``fn`` once; returns the growth of the memory in use meanwhile, in MB."""
+  with PeakMemory() as mem:
     fn()
   return mem.peak_mb
 
@@ -243,7 +271,8 @@ def measure(phases: dict[str, dict], figures: dict[str, dict], ddpm_steps: int,
   plan = (("train", "train_batch", 2, 2 * rounds), ("ddim50", "sample_batch", 1, rounds),
           (f"ddpm{ddpm_steps}", "sample_batch", 1, 1))  # DDPM-1000 takes minutes a call
   for phase, batch_key, repeats, phase_rounds in plan:
-    seconds = _interleaved({fw: p[phase] for fw, p in phases.items()}, repeats, phase_rounds)
+    seconds = _interleaved({fw: p[phase] for fw, p in phases.items()}, repeats, phase_rounds,
+                           warm_up_rounds=0 if phase.startswith("ddpm") else 2)
     for fw, per_round in seconds.items():
       figures[fw][f"{phase}_img_per_s"] = figures[fw][batch_key] / min(per_round)
       figures[fw][f"{phase}_s_rounds"] = per_round
@@ -260,6 +289,7 @@ def main():
   args = parser.parse_args()
   results = {"jax_version": jax.__version__, "devices": str(jax.devices()),
              "cpu_count": os.cpu_count(), "huge_pages": platform.huge_pages_enabled(),
+             "freed_memory_kept": platform.freed_memory_kept(),
              "onednn": onednn.available()}
   for name in args.models.split(","):
     phases, figures = {}, {}
@@ -295,5 +325,5 @@ def main():
 
 
 if __name__ == "__main__":
-  platform.reexec_with_huge_pages()  # JAX and PyTorch both run with it
+  platform.reexec_with_malloc_tunables()  # JAX and PyTorch both run with it
   main()

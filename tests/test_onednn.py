@@ -1,10 +1,14 @@
-"""oneDNN kernels (diffseg_jax/nn/onednn.py) against float64 numpy convolutions and products."""
+"""oneDNN kernels (diffseg_jax/nn/onednn.py) against float64 numpy convolutions and products.
+
+The fused GroupNorm kernel of the same library is tested with the other GroupNorms in
+test_layers.py."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from diffseg_jax.nn import layers
 from diffseg_jax.nn import onednn
 
 pytestmark = pytest.mark.skipif(
@@ -60,34 +64,45 @@ def test_forward_and_gradients_match_float64_numpy(x_shape, w_shape, strides, pa
   rng = np.random.default_rng(0)
   x = rng.normal(size=x_shape).astype(np.float32)
   w = rng.normal(size=w_shape).astype(np.float32)
+  b = rng.normal(size=w_shape[-1:]).astype(np.float32)
   expected_y, numpy_vjp = _numpy_conv(x, w, strides, padding)
+  expected_y = expected_y + b
   dy = rng.normal(size=expected_y.shape).astype(np.float32)
   expected_dx, expected_dw = numpy_vjp(dy)
+  expected_db = dy.astype(np.float64).sum(axis=(0, 1, 2))
 
-  def conv(x, w):
-    return onednn.conv2d(x, w, strides, padding)
+  def conv(x, w, b):
+    return onednn.conv2d(x, w, b, strides=strides, padding=padding)
 
-  y, vjp = jax.vjp(jax.jit(conv), jnp.asarray(x), jnp.asarray(w))
-  dx, dw = jax.jit(vjp)(jnp.asarray(dy))
+  y, vjp = jax.vjp(jax.jit(conv), jnp.asarray(x), jnp.asarray(w), jnp.asarray(b))
+  dx, dw, db = jax.jit(vjp)(jnp.asarray(dy))
   scale = np.sqrt(np.prod(w_shape[:3]))  # float32 error grows with the summed terms
   np.testing.assert_allclose(y, expected_y, rtol=1e-5, atol=1e-6 * scale)
   np.testing.assert_allclose(dx, expected_dx, rtol=1e-5, atol=1e-6 * scale)
   np.testing.assert_allclose(dw, expected_dw, rtol=1e-5, atol=1e-5 * scale)
+  np.testing.assert_allclose(db, expected_db, rtol=1e-5, atol=1e-5 * np.sqrt(dy.size))
 
 
 def test_float32_cpu_programs_call_onednn_and_others_call_xla():
   x = jnp.ones((1, 6, 6, 2))
   w = jnp.ones((3, 3, 2, 4))
+  b = jnp.ones((4,))
 
-  def hlo(x, w):
-    return jax.jit(lambda x, w: jax.grad(
-        lambda x, w: onednn.conv2d(x, w, (1, 1), ((1, 1), (1, 1))).sum(),
-        argnums=(0, 1))(x, w)).lower(x, w).compile().as_text()
+  def hlo(x, w, b):
+    return jax.jit(lambda x, w, b: jax.grad(
+        lambda x, w, b: layers.conv2d(x, w, b, (1, 1), ((1, 1), (1, 1))).sum(),
+        argnums=(0, 1, 2))(x, w, b)).lower(x, w, b).compile().as_text()
 
-  float32 = hlo(x, w)
+  float32 = hlo(x, w, b)
   assert "diffseg_onednn_conv_bwd" in float32 and " convolution(" not in float32
-  bfloat16 = hlo(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16))
+  bfloat16 = hlo(*(a.astype(jnp.bfloat16) for a in (x, w, b)))
   assert "diffseg_onednn" not in bfloat16 and " convolution(" in bfloat16
+
+
+def test_conv2d_names_a_mismatched_bias():
+  with pytest.raises(ValueError, match=r"bias of shape \(4,\) .* got \(3,\)"):
+    onednn.conv2d(jnp.ones((1, 6, 6, 2)), jnp.ones((3, 3, 2, 4)), jnp.ones((3,)),
+                  strides=(1, 1), padding=((1, 1), (1, 1)))
 
 
 def test_kernels_compile_once_into_the_cache(tmp_path, monkeypatch):

@@ -150,11 +150,79 @@ def group_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, num_groups: int,
 group_norm.defvjp(_group_norm_fwd, _group_norm_bwd)
 
 
+def conv2d(x: jax.Array, kernel: jax.Array, bias: jax.Array, strides: tuple[int, int],
+           padding: tuple[tuple[int, int], tuple[int, int]]) -> jax.Array:
+  """``jax.lax.conv_general_dilated(x, kernel, strides, padding) + bias``, NHWC and HWIO.
+
+  On a CPU with the kernels of :mod:`onednn`, float32 convolutions run oneDNN's kernels with
+  the bias fused (``onednn.conv2d``); elsewhere XLA's convolution and :func:`bias_add`. Both
+  give the same values up to float32 rounding and differentiate.
+
+  Args:
+    x: ``[B, H, W, C_in]``.
+    kernel: ``[KH, KW, C_in, C_out]``.
+    bias: ``[C_out]``.
+    strides: ``(stride_h, stride_w)``.
+    padding: ``((top, bottom), (left, right))``, non-negative.
+
+  Returns:
+    ``[B, H_out, W_out, C_out]``, ``H_out = (H + top + bottom - KH) // stride_h + 1``.
+  """
+  def xla(x, kernel, bias):
+    y = jax.lax.conv_general_dilated(x, kernel, strides, padding,
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return bias_add(y, bias)
+
+  if not onednn.applies(x, kernel, bias):
+    return xla(x, kernel, bias)
+  fused = functools.partial(onednn.conv2d, strides=strides, padding=padding)
+  return jax.lax.platform_dependent(x, kernel, bias, cpu=fused, default=xla)
+
+
+def _group_norm_act_xla(x, gamma, beta, scale_shift, num_groups, epsilon, silu):
+  """:func:`group_norm_act` as XLA operations (every platform)."""
+  y = group_norm(x, gamma, beta, num_groups, epsilon)
+  if scale_shift is not None:
+    n, p, c = x.shape
+    scale, shift = (a.reshape(n, 1, 1, c) for a in scale_shift)
+    y = film(y.reshape(n, p, 1, c), scale, shift).reshape(x.shape)
+  return jax.nn.silu(y) if silu else y
+
+
+def group_norm_act(x: jax.Array, gamma: jax.Array, beta: jax.Array, num_groups: int,
+                   epsilon: float, *, scale_shift: tuple[jax.Array, jax.Array] | None = None,
+                   silu: bool = False) -> jax.Array:
+  """GroupNorm of float32 ``[N, P, C]``, then an optional scale-shift and SiLU.
+
+  ``y = group_norm(x) * (1 + scale) + shift`` with ``scale, shift [N, C]`` (the ADM
+  ResBlock's AdaGN), then ``silu(y)`` if ``silu``. On a CPU with the kernels of
+  :mod:`onednn` this is one fused kernel (``onednn.group_norm``); elsewhere XLA's
+  operations. Both give the same values up to float32 rounding and differentiate.
+  """
+  film_given = scale_shift is not None
+  if not film_given:
+    zeros = jnp.zeros((x.shape[0], x.shape[-1]), jnp.float32)
+    scale_shift = (zeros, zeros)
+
+  def xla(x, gamma, beta, scale, shift):
+    return _group_norm_act_xla(x, gamma, beta, (scale, shift) if film_given else None,
+                               num_groups, epsilon, silu)
+
+  def fused(x, gamma, beta, scale, shift):
+    return onednn.group_norm(x, gamma, beta, scale, shift, num_groups=num_groups,
+                             epsilon=epsilon, silu=silu)
+
+  if not onednn.applies(x, gamma, beta):
+    return xla(x, gamma, beta, *scale_shift)
+  return jax.lax.platform_dependent(x, gamma, beta, *scale_shift, cpu=fused, default=xla)
+
+
 class GroupNorm32(nn.Module):
   """GroupNorm over the last (channel) axis, computed in float32.
 
   Channel ``c`` belongs to group ``c // (C / num_groups)``, as in ``torch.nn.GroupNorm``.
-  The output is cast back to the input dtype.
+  The call can fuse what follows the norm in the ADM networks: a per-sample scale-shift
+  (AdaGN) and SiLU (see :func:`group_norm_act`). The output is cast back to the input dtype.
 
   Attributes:
     num_groups: number of channel groups; C must be divisible by it.
@@ -165,8 +233,17 @@ class GroupNorm32(nn.Module):
   epsilon: float = 1e-5
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    """Normalises ``x`` of shape ``[B, ..., C]``; returns the same shape and dtype."""
+  def __call__(self, x: jax.Array, *,
+               scale_shift: tuple[jax.Array, jax.Array] | None = None,
+               silu: bool = False) -> jax.Array:
+    """Normalises ``x`` of shape ``[B, ..., C]``; returns the same shape and dtype.
+
+    Args:
+      x: ``[B, ..., C]``.
+      scale_shift: optional ``(scale, shift)``, each ``[B, 1, ..., 1, C]`` or ``[B, C]``:
+        the output is ``norm(x) * (1 + scale) + shift``.
+      silu: apply SiLU last (in float32).
+    """
     channels = x.shape[-1]
     if channels % self.num_groups:
       raise ValueError(
@@ -176,7 +253,11 @@ class GroupNorm32(nn.Module):
     scale = self.param("scale", nn.initializers.ones, (channels,), jnp.float32)
     bias = self.param("bias", nn.initializers.zeros, (channels,), jnp.float32)
     flat = x.astype(jnp.float32).reshape(x.shape[0], -1, channels)
-    out = group_norm(flat, scale, bias, self.num_groups, self.epsilon)
+    if scale_shift is not None:
+      scale_shift = tuple(a.astype(jnp.float32).reshape(x.shape[0], channels)
+                          for a in scale_shift)
+    out = group_norm_act(flat, scale, bias, self.num_groups, self.epsilon,
+                         scale_shift=scale_shift, silu=silu)
     return out.reshape(x.shape).astype(x.dtype)
 
 
@@ -188,8 +269,8 @@ class Conv(nn.Module):
   """A square NHWC convolution with torch-style symmetric padding ``kernel_size // 2``.
 
   Parameters as ``flax.linen.Conv``'s: ``kernel`` [k, k, C_in, features] and ``bias``
-  [features], float32; the bias gradient is a GEMV (see ``bias_add``). On CPU, float32
-  convolutions run oneDNN's kernels when installed (``onednn.conv2d``).
+  [features], float32. On CPU, float32 convolutions run oneDNN's kernels with the bias
+  fused when installed; elsewhere the bias gradient is a GEMV (see :func:`conv2d`).
 
   Attributes:
     features: output channels.
@@ -212,9 +293,8 @@ class Conv(nn.Module):
     kernel = self.param("kernel", _kernel_init(self.zero_init),
                         (k, k, x.shape[-1], self.features), jnp.float32)
     bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
-    y = onednn.conv2d(x.astype(self.dtype), kernel.astype(self.dtype),
-                      (self.stride, self.stride), ((pad, pad), (pad, pad)))
-    return bias_add(y, bias.astype(self.dtype))
+    return conv2d(x.astype(self.dtype), kernel.astype(self.dtype), bias.astype(self.dtype),
+                  (self.stride, self.stride), ((pad, pad), (pad, pad)))
 
 
 class Dense(nn.Module):

@@ -1,8 +1,9 @@
 // oneDNN kernels for XLA:CPU as FFI custom calls (see onednn.py): 2-D convolutions and
 // batched matrix products, float32 only.
 //
-// Convolutions take NHWC activations and HWIO filters, as jax.lax.conv_general_dilated with
-// dimension_numbers ("NHWC", "HWIO", "NHWC"). The forward pass and the input gradient run
+// Convolutions take NHWC activations, HWIO filters and a bias per output channel, as
+// jax.lax.conv_general_dilated with dimension_numbers ("NHWC", "HWIO", "NHWC") plus the bias;
+// the filter-gradient kernel also sums the bias gradient. The forward pass and the input gradient run
 // oneDNN's NHWC kernels directly; the filter gradient runs on oneDNN's blocked layouts
 // (nChw8c on AVX2), into which its two operands are reordered first: on AVX2 that kernel is
 // 15-35% faster there, reorders included (benchmarks/README.md). Filters are reordered to the
@@ -16,8 +17,8 @@
 // several threads at once.
 //
 // Targets:
-//   diffseg_onednn_conv_fwd(x, w) -> y
-//   diffseg_onednn_conv_bwd(x, w, dy) -> (dx, dw)
+//   diffseg_onednn_conv_fwd(x, w, bias) -> y
+//   diffseg_onednn_conv_bwd(x, w, dy) -> (dx, dw, dbias)
 //     int64 attributes stride_h, stride_w, pad_top, pad_bottom, pad_left, pad_right. The
 //     backward computes both gradients in one call, so that XLA does not run two oneDNN
 //     primitives at the same time on the same cores.
@@ -100,7 +101,7 @@ dnnl::reorder MakeReorder(const memory::desc& from, const memory::desc& to) {
 // One convolution's window and memory descriptors, in oneDNN's dimension order (N, C, H, W
 // for activations, O, I, KH, KW for filters): the user's NHWC/HWIO ones and `any` ones.
 struct Window {
-  memory::desc src, dst, weights;                   // NHWC, NHWC, HWIO
+  memory::desc src, dst, weights, bias;             // NHWC, NHWC, HWIO, [C_out]
   memory::desc src_any, dst_any, weights_any;
   memory::dims strides, dilates, pad_before, pad_after;
   Key key;  // what identifies the convolution: shapes, strides, padding
@@ -111,6 +112,7 @@ struct Window {
       : src({x[0], x[3], x[1], x[2]}, memory::data_type::f32, Tag::nhwc),
         dst({y[0], y[3], y[1], y[2]}, memory::data_type::f32, Tag::nhwc),
         weights({w[3], w[2], w[0], w[1]}, memory::data_type::f32, Tag::hwio),
+        bias({w[3]}, memory::data_type::f32, Tag::a),
         src_any(src.get_dims(), memory::data_type::f32, Tag::any),
         dst_any(dst.get_dims(), memory::data_type::f32, Tag::any),
         weights_any(weights.get_dims(), memory::data_type::f32, Tag::any),
@@ -126,7 +128,7 @@ struct Window {
                                                     const memory::desc& src_layout,
                                                     const memory::desc& dst_layout) const {
     return dnnl::convolution_forward::primitive_desc(
-        CpuEngine(), kind, dnnl::algorithm::convolution_direct, src_layout, weights_any,
+        CpuEngine(), kind, dnnl::algorithm::convolution_direct, src_layout, weights_any, bias,
         dst_layout, strides, dilates, pad_before, pad_after);
   }
 };
@@ -165,7 +167,7 @@ struct BackwardPlan {
 
     auto blocked_hint = w.Forward(dnnl::prop_kind::forward_training, w.src_any, w.dst_any);
     dnnl::convolution_backward_weights::primitive_desc filters_pd(
-        CpuEngine(), dnnl::algorithm::convolution_direct, w.src_any, w.weights_any,
+        CpuEngine(), dnnl::algorithm::convolution_direct, w.src_any, w.weights_any, w.bias,
         w.dst_any, w.strides, w.dilates, w.pad_before, w.pad_after, blocked_hint);
     filters = dnnl::convolution_backward_weights(filters_pd);
     filters_src = filters_pd.src_desc();
@@ -197,7 +199,8 @@ ffi::Error Internal(const char* what, const std::exception& e) {
 }
 
 ffi::Error ConvForward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
-                       ffi::ResultBuffer<ffi::F32> y, int64_t stride_h, int64_t stride_w,
+                       ffi::Buffer<ffi::F32> b, ffi::ResultBuffer<ffi::F32> y,
+                       int64_t stride_h, int64_t stride_w,
                        int64_t pad_top, int64_t pad_bottom, int64_t pad_left,
                        int64_t pad_right) {
   try {
@@ -208,9 +211,12 @@ ffi::Error ConvForward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
     memory src(window.src, CpuEngine(), x.typed_data());
     memory dst(window.dst, CpuEngine(), y->typed_data());
     memory filters(window.weights, CpuEngine(), w.typed_data());
+    memory bias(window.bias, CpuEngine(), b.typed_data());
     memory weights = As(plan.weights, filters, plan.weights_reorder, stream);
-    plan.conv.execute(stream,
-                      {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, weights}, {DNNL_ARG_DST, dst}});
+    plan.conv.execute(stream, {{DNNL_ARG_SRC, src},
+                               {DNNL_ARG_WEIGHTS, weights},
+                               {DNNL_ARG_BIAS, bias},
+                               {DNNL_ARG_DST, dst}});
     stream.wait();
   } catch (const std::exception& e) {
     return Internal("convolution", e);
@@ -220,7 +226,8 @@ ffi::Error ConvForward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
 
 ffi::Error ConvBackward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
                         ffi::Buffer<ffi::F32> dy, ffi::ResultBuffer<ffi::F32> dx,
-                        ffi::ResultBuffer<ffi::F32> dw, int64_t stride_h, int64_t stride_w,
+                        ffi::ResultBuffer<ffi::F32> dw, ffi::ResultBuffer<ffi::F32> db,
+                        int64_t stride_h, int64_t stride_w,
                         int64_t pad_top, int64_t pad_bottom, int64_t pad_left,
                         int64_t pad_right) {
   try {
@@ -233,6 +240,7 @@ ffi::Error ConvBackward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
     memory diff_dst(window.dst, CpuEngine(), dy.typed_data());
     memory filters(window.weights, CpuEngine(), w.typed_data());
     memory diff_filters(window.weights, CpuEngine(), dw->typed_data());
+    memory diff_bias(window.bias, CpuEngine(), db->typed_data());
 
     memory weights = As(plan.data_weights, filters, plan.data_weights_reorder, stream);
     plan.data.execute(stream, {{DNNL_ARG_DIFF_DST, diff_dst},
@@ -246,7 +254,8 @@ ffi::Error ConvBackward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
     memory diff_weights = reorder_out ? Scratch(2, plan.filters_diff_weights) : diff_filters;
     plan.filters.execute(stream, {{DNNL_ARG_SRC, blocked_src},
                                   {DNNL_ARG_DIFF_DST, blocked_diff_dst},
-                                  {DNNL_ARG_DIFF_WEIGHTS, diff_weights}});
+                                  {DNNL_ARG_DIFF_WEIGHTS, diff_weights},
+                                  {DNNL_ARG_DIFF_BIAS, diff_bias}});
     if (reorder_out) plan.diff_weights_reorder.execute(stream, diff_weights, diff_filters);
     stream.wait();
   } catch (const std::exception& e) {
@@ -291,6 +300,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(DiffsegOnednnConvForward, ConvForward,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>() DIFFSEG_CONV_ATTRS);
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(DiffsegOnednnConvBackward, ConvBackward,
@@ -298,6 +308,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(DiffsegOnednnConvBackward, ConvBackward,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>() DIFFSEG_CONV_ATTRS);
 

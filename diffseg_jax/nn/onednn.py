@@ -1,18 +1,22 @@
-"""oneDNN's CPU kernels (the ones PyTorch uses) as XLA custom calls: convolutions, matmuls.
+"""CPU kernels as XLA custom calls: oneDNN's convolutions and matmuls, a fused GroupNorm.
 
 XLA:CPU (jaxlib 0.10) runs convolutions with Eigen kernels and puts transposes around every
-filter gradient, and runs the small batched matrix products of attention at 20-50 GFLOP/s
-where oneDNN reaches 75-120 on 2 AVX2 cores (``benchmarks/README.md``). On the CPU platform,
-:func:`conv2d` sends float32 NHWC convolutions and :func:`matmul` float32 batched matrix
-products to oneDNN; everything else (other platforms, other dtypes) goes to
-``jax.lax.conv_general_dilated`` and ``jnp.matmul``.
+filter gradient, runs the small batched matrix products of attention at 20-50 GFLOP/s where
+oneDNN (the library PyTorch's CPU kernels use) reaches 75-120 on 2 AVX2 cores, and spreads a
+GroupNorm followed by SiLU over several loops that each read the tensor again
+(``benchmarks/README.md``). On the CPU platform, :func:`conv2d` sends float32 NHWC
+convolutions with their bias and :func:`matmul` float32 batched matrix products to oneDNN,
+and :func:`group_norm` runs GroupNorm, the ADM ResBlock's scale-shift and SiLU as one kernel
+(``group_norm.cc``); everything else (other platforms, other dtypes) runs XLA's
+(``layers.conv2d`` and ``layers.group_norm_act`` choose).
 
-The kernels (``onednn.cc``) are compiled on first use with the system's C++ compiler
-(``$CXX``, else ``c++``) against the oneDNN of the ``cpu`` extra (``pip install
-"diffseg_jax[cpu]"``: the ``onednn-cpu-gomp`` library and its ``onednn-devel-cpu-gomp``
-headers), cached under ``$DIFFSEG_CACHE_DIR/onednn`` (default ``~/.cache/diffseg_jax``) and
-registered as FFI targets. Without the extra or a compiler, XLA's kernels are used (and
-the reason logged once); ``DIFFSEG_ONEDNN=0`` turns the kernels off.
+The kernels (``onednn.cc``, ``group_norm.cc``) are compiled on first use with the system's
+C++ compiler (``$CXX``, else ``c++``; with OpenMP, for this machine's instruction set) against
+the oneDNN of the ``cpu`` extra (``pip install "diffseg_jax[cpu]"``: the ``onednn-cpu-gomp``
+library and its ``onednn-devel-cpu-gomp`` headers), cached under
+``$DIFFSEG_CACHE_DIR/onednn`` (default ``~/.cache/diffseg_jax``) and registered as FFI
+targets. Without the extra or a compiler, XLA's kernels are used (and the reason logged
+once); ``DIFFSEG_ONEDNN=0`` turns the kernels off.
 """
 
 import ctypes
@@ -21,6 +25,7 @@ import hashlib
 import importlib.metadata
 import os
 import pathlib
+import platform
 import shutil
 import subprocess
 
@@ -32,12 +37,16 @@ import numpy as np
 
 Padding = tuple[tuple[int, int], tuple[int, int]]
 
-_SOURCE = pathlib.Path(__file__).with_name("onednn.cc")
+_SOURCES = tuple(pathlib.Path(__file__).with_name(name)
+                 for name in ("onednn.cc", "group_norm.cc"))
 _FORWARD = "diffseg_onednn_conv_fwd"
 _BACKWARD = "diffseg_onednn_conv_bwd"
 _MATMUL = "diffseg_onednn_matmul"
+_GROUP_NORM_FORWARD = "diffseg_group_norm_fwd"
+_GROUP_NORM_BACKWARD = "diffseg_group_norm_bwd"
 _SYMBOLS = {_FORWARD: "DiffsegOnednnConvForward", _BACKWARD: "DiffsegOnednnConvBackward",
-            _MATMUL: "DiffsegOnednnMatmul"}
+            _MATMUL: "DiffsegOnednnMatmul", _GROUP_NORM_FORWARD: "DiffsegGroupNormForward",
+            _GROUP_NORM_BACKWARD: "DiffsegGroupNormBackward"}
 _LIBRARY = ("onednn-cpu-gomp", "libdnnl.so.3")
 _HEADERS = ("onednn-devel-cpu-gomp", "oneapi/dnnl/dnnl.hpp")
 
@@ -64,6 +73,15 @@ def cache_dir() -> pathlib.Path:
   return pathlib.Path(root) / "onednn"
 
 
+def _cpu_features() -> str:
+  """The processor's model and feature flags (Linux), or the machine type elsewhere."""
+  try:
+    lines = pathlib.Path("/proc/cpuinfo").read_text().splitlines()
+  except OSError:
+    return platform.machine()
+  return "\n".join(sorted({line for line in lines if line.startswith(("model name", "flags"))}))
+
+
 def _compiled_library() -> pathlib.Path:
   """The kernels' shared library, compiled now unless an identical build is cached."""
   compiler = shutil.which(os.environ.get("CXX", "c++"))
@@ -71,14 +89,18 @@ def _compiled_library() -> pathlib.Path:
     raise _Unavailable("no C++ compiler ($CXX or c++) on the PATH")
   library = _installed_file(*_LIBRARY)
   include = _installed_file(*_HEADERS).parents[2]
-  fingerprint = b"\0".join([_SOURCE.read_bytes(), jaxlib.__version__.encode(),
-                            str(library).encode(), compiler.encode()])
+  # -march=native: the build is for this machine's instruction set, so the processor's
+  # features are part of the cache key (a home folder may be shared by other machines).
+  fingerprint = b"\0".join([*(source.read_bytes() for source in _SOURCES),
+                            jaxlib.__version__.encode(), str(library).encode(),
+                            compiler.encode(), _cpu_features().encode()])
   target = cache_dir() / f"onednn_{hashlib.sha256(fingerprint).hexdigest()[:16]}.so"
   if target.exists():
     return target
   target.parent.mkdir(parents=True, exist_ok=True)
   partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
-  command = [compiler, "-O2", "-std=c++17", "-shared", "-fPIC", "-w", str(_SOURCE),
+  command = [compiler, "-O3", "-march=native", "-fopenmp", "-std=c++17", "-shared", "-fPIC",
+             "-w", *map(str, _SOURCES),
              f"-I{jax.ffi.include_dir()}", f"-I{include}", str(library),
              f"-Wl,-rpath,{library.parent}", "-o", str(partial)]
   result = subprocess.run(command, capture_output=True, text=True)
@@ -108,8 +130,9 @@ def available() -> bool:
   return True
 
 
-def _applies(*operands: jax.Array) -> bool:
-  """Whether these operands go to oneDNN: all float32, kernels available, one CPU device.
+def applies(*operands: jax.Array) -> bool:
+  """Whether these operands go to this module's kernels: all float32, kernels available, one
+  CPU device.
 
   With several CPU devices in one process (``--xla_force_host_platform_device_count``), XLA
   runs the devices' programs on concurrent threads, and each kernel call would start its own
@@ -133,53 +156,52 @@ def _output_shape(x_shape, kernel_shape, strides, padding) -> tuple[int, ...]:
   return (x_shape[0], *spatial, kernel_shape[3])
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _onednn_conv(x, kernel, strides, padding):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _onednn_conv(x, kernel, bias, strides, padding):
   out = jax.ShapeDtypeStruct(_output_shape(x.shape, kernel.shape, strides, padding), x.dtype)
-  return jax.ffi.ffi_call(_FORWARD, out)(x, kernel, **_attributes(strides, padding))
+  return jax.ffi.ffi_call(_FORWARD, out)(x, kernel, bias, **_attributes(strides, padding))
 
 
-def _onednn_conv_fwd(x, kernel, strides, padding):
-  return _onednn_conv(x, kernel, strides, padding), (x, kernel)
+def _onednn_conv_fwd(x, kernel, bias, strides, padding):
+  return _onednn_conv(x, kernel, bias, strides, padding), (x, kernel)
 
 
 def _onednn_conv_bwd(strides, padding, residuals, dy):
   x, kernel = residuals
-  grads = (jax.ShapeDtypeStruct(x.shape, x.dtype), jax.ShapeDtypeStruct(kernel.shape, x.dtype))
-  return jax.ffi.ffi_call(_BACKWARD, grads)(x, kernel, dy, **_attributes(strides, padding))
+  grads = [jax.ShapeDtypeStruct(shape, x.dtype)
+           for shape in (x.shape, kernel.shape, kernel.shape[-1:])]
+  return tuple(jax.ffi.ffi_call(_BACKWARD, grads)(x, kernel, dy,
+                                                  **_attributes(strides, padding)))
 
 
 _onednn_conv.defvjp(_onednn_conv_fwd, _onednn_conv_bwd)
 
 
-def conv2d(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
+def conv2d(x: jax.Array, kernel: jax.Array, bias: jax.Array, *, strides: tuple[int, int],
            padding: Padding) -> jax.Array:
-  """``jax.lax.conv_general_dilated(x, kernel, strides, padding)`` for NHWC and HWIO.
+  """An NHWC/HWIO convolution plus a bias by oneDNN's kernels, as one CPU kernel.
 
-  Float32 convolutions compiled for the CPU run oneDNN's kernels when :func:`available` and
-  the process has one CPU device; the rest run XLA's. Both differentiate; both give the same
-  values up to float32 rounding.
+  ``jax.lax.conv_general_dilated(x, kernel, strides, padding) + bias`` with dimension
+  numbers ``("NHWC", "HWIO", "NHWC")``. Call it where :func:`applies` holds; it
+  differentiates in every argument (the bias gradient comes with the filter gradient). Other
+  platforms need XLA's version (``layers.conv2d``).
 
   Args:
-    x: ``[B, H, W, C_in]``.
-    kernel: ``[KH, KW, C_in, C_out]``.
+    x: float32 ``[B, H, W, C_in]``.
+    kernel: float32 ``[KH, KW, C_in, C_out]``.
+    bias: float32 ``[C_out]``.
     strides: ``(stride_h, stride_w)``.
     padding: ``((top, bottom), (left, right))``, non-negative.
 
   Returns:
     ``[B, H_out, W_out, C_out]``, ``H_out = (H + top + bottom - KH) // stride_h + 1``.
   """
+  if bias.shape != kernel.shape[-1:]:
+    raise ValueError(f"conv2d needs a bias of shape {kernel.shape[-1:]} for a kernel of "
+                     f"shape {kernel.shape}, got {bias.shape}")
   strides = tuple(int(s) for s in strides)
   padding = tuple((int(lo), int(hi)) for lo, hi in padding)
-
-  def xla(x, kernel):
-    return jax.lax.conv_general_dilated(x, kernel, strides, padding,
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
-  if not _applies(x, kernel):
-    return xla(x, kernel)
-  return jax.lax.platform_dependent(
-      x, kernel, cpu=lambda x, kernel: _onednn_conv(x, kernel, strides, padding), default=xla)
+  return _onednn_conv(x, kernel, bias, strides, padding)
 
 
 def _batched_matmul(a, b, transpose_a: bool, transpose_b: bool):
@@ -226,7 +248,7 @@ def matmul(a: jax.Array, b: jax.Array) -> jax.Array:
   if a.ndim < 2 or a.shape[:-2] != b.shape[:-2] or a.shape[-1] != b.shape[-2]:
     raise ValueError(f"matmul needs [..., M, K] and [..., K, N] with the same batch axes, got "
                      f"{a.shape} and {b.shape}")
-  if not _applies(a, b):
+  if not applies(a, b):
     return jnp.matmul(a, b)
   batch = a.shape[:-2]
 
@@ -235,3 +257,59 @@ def matmul(a: jax.Array, b: jax.Array) -> jax.Array:
     return flat.reshape(*batch, a.shape[-2], b.shape[-1])
 
   return jax.lax.platform_dependent(a, b, cpu=onednn, default=jnp.matmul)
+
+
+def _group_norm_attributes(num_groups: int, epsilon: float, silu: bool) -> dict:
+  return dict(num_groups=np.int64(num_groups), epsilon=np.float32(epsilon),
+              silu=np.int64(silu))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
+def _fused_group_norm(x, gamma, beta, scale, shift, num_groups, epsilon, silu):
+  return _fused_group_norm_fwd(x, gamma, beta, scale, shift, num_groups, epsilon, silu)[0]
+
+
+def _fused_group_norm_fwd(x, gamma, beta, scale, shift, num_groups, epsilon, silu):
+  stats = jax.ShapeDtypeStruct((x.shape[0], num_groups), x.dtype)
+  y, mean, rstd = jax.ffi.ffi_call(
+      _GROUP_NORM_FORWARD, (jax.ShapeDtypeStruct(x.shape, x.dtype), stats, stats))(
+          x, gamma, beta, scale, shift, **_group_norm_attributes(num_groups, epsilon, silu))
+  return y, (x, gamma, beta, scale, shift, mean, rstd)
+
+
+def _fused_group_norm_bwd(num_groups, epsilon, silu, residuals, dy):
+  x, gamma, beta, scale, shift, _, _ = residuals
+  shapes = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in (x, gamma, beta, scale, shift)]
+  return tuple(jax.ffi.ffi_call(_GROUP_NORM_BACKWARD, shapes)(
+      *residuals, dy, **_group_norm_attributes(num_groups, epsilon, silu)))
+
+
+_fused_group_norm.defvjp(_fused_group_norm_fwd, _fused_group_norm_bwd)
+
+
+def group_norm(x: jax.Array, gamma: jax.Array, beta: jax.Array, scale: jax.Array,
+               shift: jax.Array, *, num_groups: int, epsilon: float, silu: bool) -> jax.Array:
+  """GroupNorm, a per-sample scale-shift and optionally SiLU, as one CPU kernel.
+
+  ``u = (normalised x * gamma + beta) * (1 + scale) + shift``, and ``silu(u)`` if ``silu``;
+  the statistics of each sample's channel group are over its positions and channels, with a
+  biased variance (as ``torch.nn.GroupNorm``). Call it where :func:`applies` holds; it
+  differentiates in every argument. Other platforms need XLA's version
+  (``layers.group_norm_act``).
+
+  Args:
+    x: float32 ``[N, P, C]``, P positions, channel ``c`` in group ``c // (C / num_groups)``.
+    gamma, beta: float32 ``[C]``, the GroupNorm's affine parameters.
+    scale, shift: float32 ``[N, C]`` (zeros for a plain GroupNorm).
+    num_groups: the number of channel groups; must divide C.
+    epsilon: added to the variance.
+    silu: whether SiLU follows.
+
+  Returns:
+    float32 ``[N, P, C]``.
+  """
+  if x.ndim != 3 or x.shape[-1] % num_groups:
+    raise ValueError(f"group_norm needs x [N, P, C] with C divisible by num_groups="
+                     f"{num_groups}, got {x.shape}")
+  return _fused_group_norm(x, gamma, beta, scale, shift, num_groups, float(epsilon),
+                           bool(silu))

@@ -29,7 +29,6 @@ from diffseg_jax.nn.layers import (
     avg_pool2,
     conv,
     dense,
-    film,
     qkv_attention,
     timestep_embedding,
     upsample_nearest,
@@ -141,7 +140,7 @@ class ResBlock(nn.Module):
 
     ``H' = 2H`` with ``up``, ``H/2`` with ``down``, else ``H``.
     """
-    h = nn.silu(GroupNorm32(name="in_layers_0")(x))
+    h = GroupNorm32(name="in_layers_0")(x, silu=True)
     if self.up:
       h, x = upsample_nearest(h), upsample_nearest(x)
     elif self.down:
@@ -153,11 +152,10 @@ class ResBlock(nn.Module):
     emb_out = emb_out.astype(h.dtype)[:, None, None, :]
     out_norm = GroupNorm32(name="out_layers_0")
     if self.use_scale_shift_norm:
-      scale, shift = jnp.split(emb_out, 2, axis=-1)
-      h = film(out_norm(h), scale, shift)
+      h = out_norm(h, scale_shift=jnp.split(emb_out, 2, axis=-1), silu=True)
     else:
-      h = out_norm(add_per_sample(h, emb_out))
-    h = nn.Dropout(self.dropout, deterministic=not train)(nn.silu(h))
+      h = out_norm(add_per_sample(h, emb_out), silu=True)
+    h = nn.Dropout(self.dropout, deterministic=not train)(h)
     h = conv(self.out_channels, 3, zero_init=True, dtype=self.dtype, name="out_layers_3")(h)
 
     if x.shape[-1] != self.out_channels:
@@ -503,7 +501,7 @@ class UNetModel(_ADMTrunk):
     for layers in self.output_blocks:
       h = _apply_block(layers, jnp.concatenate([h, skips.pop()], axis=-1), emb, train)
       features.append(h)
-    out = self.out_2(nn.silu(self.out_0(h.astype(jnp.float32))))
+    out = self.out_2(self.out_0(h.astype(jnp.float32), silu=True))
     return (out, features) if return_features else out
 
 
@@ -617,7 +615,7 @@ class EncoderUNetModel(_ADMTrunk):
       if self.pool == "spatial":
         return self.out_2(nn.relu(self.out_0(pooled)))
       return self.out_3(nn.silu(self.out_1(self.out_0(pooled))))
-    h = nn.silu(self.out_0(h.astype(jnp.float32)))
+    h = self.out_0(h.astype(jnp.float32), silu=True)
     if self.pool == "adaptive":
       return self.out_3(h.mean(axis=(1, 2), keepdims=True))[:, 0, 0]
     return self.out_2(h)

@@ -189,6 +189,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  platform.reexec_with_huge_pages()
+  platform.reexec_with_malloc_tunables()
   platform.configure_xla_cpu()
   app.run(main)
