@@ -614,7 +614,7 @@ class EncoderUNetModel(_ADMTrunk):
       )
       if self.pool == "spatial":
         return self.out_2(nn.relu(self.out_0(pooled)))
-      return self.out_3(nn.silu(self.out_1(self.out_0(pooled))))
+      return self.out_3(self.out_1(self.out_0(pooled), silu=True))
     h = self.out_0(h.astype(jnp.float32), silu=True)
     if self.pool == "adaptive":
       return self.out_3(h.mean(axis=(1, 2), keepdims=True))[:, 0, 0]
