@@ -87,7 +87,12 @@ def _heap_in_use() -> Callable[[], int] | None:
   except AttributeError:  # not glibc >= 2.33
     return None
   mallinfo2.restype = _Mallinfo2
-  return lambda: (lambda info: info.uordblks + info.hblkhd)(mallinfo2())
+
+  def in_use() -> int:
+    info = mallinfo2()
+    return info.uordblks + info.hblkhd
+
+  return in_use
 
 
 def _resident_set() -> int:

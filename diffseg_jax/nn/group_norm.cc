@@ -282,27 +282,25 @@ ffi::Error GroupNormBackward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> gamm
 
 }  // namespace
 
+// The operands and attributes both handlers share: x, gamma, beta, scale, shift first.
+#define DIFFSEG_GROUP_NORM_INPUTS                                                      \
+  .Arg<ffi::Buffer<ffi::F32>>()                                                        \
+      .Arg<ffi::Buffer<ffi::F32>>()                                                    \
+      .Arg<ffi::Buffer<ffi::F32>>()                                                    \
+      .Arg<ffi::Buffer<ffi::F32>>()                                                    \
+      .Arg<ffi::Buffer<ffi::F32>>()
+#define DIFFSEG_GROUP_NORM_ATTRS \
+  .Attr<int64_t>("num_groups").Attr<float>("epsilon").Attr<int64_t>("silu")
+
 XLA_FFI_DEFINE_HANDLER_SYMBOL(DiffsegGroupNormForward, GroupNormForward,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // x
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // gamma
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // beta
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // scale
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // shift
+                              ffi::Ffi::Bind() DIFFSEG_GROUP_NORM_INPUTS
                                   .Ret<ffi::Buffer<ffi::F32>>()  // y
                                   .Ret<ffi::Buffer<ffi::F32>>()  // mean
                                   .Ret<ffi::Buffer<ffi::F32>>()  // rstd
-                                  .Attr<int64_t>("num_groups")
-                                  .Attr<float>("epsilon")
-                                  .Attr<int64_t>("silu"));
+                                      DIFFSEG_GROUP_NORM_ATTRS);
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(DiffsegGroupNormBackward, GroupNormBackward,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // x
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // gamma
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // beta
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // scale
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // shift
+                              ffi::Ffi::Bind() DIFFSEG_GROUP_NORM_INPUTS
                                   .Arg<ffi::Buffer<ffi::F32>>()  // mean
                                   .Arg<ffi::Buffer<ffi::F32>>()  // rstd
                                   .Arg<ffi::Buffer<ffi::F32>>()  // dy
@@ -311,6 +309,4 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(DiffsegGroupNormBackward, GroupNormBackward,
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dbeta
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dscale
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dshift
-                                  .Attr<int64_t>("num_groups")
-                                  .Attr<float>("epsilon")
-                                  .Attr<int64_t>("silu"));
+                                      DIFFSEG_GROUP_NORM_ATTRS);
